@@ -1,0 +1,306 @@
+//! The agent's operations on its table: apply (optionally confirm-or-rollback),
+//! restore on start, dynamic elements, disable. The CLI and the daemon are thin
+//! shells around these.
+
+use crate::lockout;
+use crate::ruleset::plan::{delete_table_batch, element_batch, grant_batch};
+use crate::ruleset::{
+    plan, render, Desired, DynMode, LiveTable, Nft, NftError, PlanSummary, SetRole,
+};
+use crate::state::{
+    now_unix, FirstStart, GuardedPeer, Pending, RollbackRecord, StateDir, StateError,
+};
+use palisade_model::{
+    explain, ConfigError, DynSet, DynamicState, Grant, Policy, Query, TimedAddr, Verdict,
+};
+use std::time::Duration;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid policy, the running ruleset is untouched: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("nothing is waiting for confirmation")]
+    NothingPending,
+    #[error("the change {id} was not confirmed in time and has been rolled back")]
+    TooLate { id: String },
+    #[error("{0}")]
+    Element(String),
+}
+
+/// What an apply did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub fingerprint: String,
+    pub summary: PlanSummary,
+    /// Set when the change waits for `confirm`.
+    pub pending: Option<Pending>,
+}
+
+pub struct Agent {
+    pub nft: Nft,
+    pub state: StateDir,
+}
+
+pub fn roles(desired: &Desired) -> Vec<(String, SetRole)> {
+    desired
+        .sets
+        .iter()
+        .map(|s| (s.name.clone(), s.role))
+        .collect()
+}
+
+impl Agent {
+    pub fn new(nft: Nft, state: StateDir) -> Agent {
+        Agent { nft, state }
+    }
+
+    /// The first time the agent runs on a host it notes the peers of established
+    /// SSH sessions, and keeps them accepted for the grace period, so the operator
+    /// who installs it over SSH is never cut off by its first ruleset.
+    fn session_guard(&self, policy: &Policy) -> Result<DynamicState, AgentError> {
+        let first = match self.state.first_start()? {
+            Some(f) => f,
+            None => {
+                let until = now_unix() + policy.lockout.session_grace.as_secs();
+                let peers = lockout::current_ssh_peers(&policy.lockout.ssh_ports);
+                if !peers.is_empty() {
+                    info!(
+                        ?peers,
+                        "first start: SSH sessions found, their peers stay accepted"
+                    );
+                }
+                let f = FirstStart {
+                    at: now_unix(),
+                    sessions: peers
+                        .into_iter()
+                        .map(|addr| GuardedPeer { addr, until })
+                        .collect(),
+                };
+                self.state.set_first_start(&f)?;
+                f
+            }
+        };
+        let now = now_unix();
+        let mut dynamic = DynamicState::default();
+        for peer in first.sessions.iter().filter(|p| p.until > now) {
+            dynamic.insert(
+                DynSet::MgmtSession,
+                TimedAddr {
+                    addr: peer.addr,
+                    ttl: Some(Duration::from_secs(peer.until - now)),
+                    expires: None,
+                    comment: Some("ssh session open at first start".into()),
+                },
+            );
+        }
+        Ok(dynamic)
+    }
+
+    /// Makes the live table match `policy`, in one transaction (or none when it
+    /// already matches). Dynamic elements already in the kernel are kept.
+    pub fn enforce(&self, policy: &Policy) -> Result<Applied, AgentError> {
+        let _span = tracing::info_span!("enforce").entered();
+        let desired = render(policy);
+        let dynamic = self.session_guard(policy)?;
+        let live = self.nft.list()?;
+        let planned = plan(&desired, live.as_ref(), &dynamic, DynMode::Merge);
+        if !planned.summary.is_noop() {
+            self.nft.apply(&planned.batch)?;
+            info!(fingerprint = %desired.fingerprint, summary = ?planned.summary, "ruleset applied");
+            metrics::counter!("palisade_ruleset_applies_total").increment(1);
+        }
+        Ok(Applied {
+            fingerprint: desired.fingerprint,
+            summary: planned.summary,
+            pending: None,
+        })
+    }
+
+    /// Validates and applies a policy document. With `confirm_within`, the change
+    /// is rolled back unless [`Agent::confirm`] is called in time; the caller must
+    /// make sure something runs [`Agent::rollback_due`] at the deadline.
+    pub fn apply_text(
+        &self,
+        text: &str,
+        source: &str,
+        confirm_within: Option<Duration>,
+    ) -> Result<Applied, AgentError> {
+        let policy = palisade_model::parse_policy(text, source)?;
+        let _lock = self.state.lock()?;
+        let mut applied = self.enforce(&policy)?;
+        match confirm_within {
+            None => {
+                self.state.set_last_good(text)?;
+                self.state.clear_pending()?;
+            }
+            Some(within) => {
+                let pending = Pending {
+                    id: format!("{:x}", now_unix() ^ u64::from(std::process::id()) << 20),
+                    deadline: now_unix() + within.as_secs().max(1),
+                    previous: self.state.last_good()?,
+                    applied: text.to_string(),
+                    source: source.to_string(),
+                };
+                self.state.set_pending(&pending)?;
+                info!(id = %pending.id, deadline = pending.deadline, "applied; waiting for confirmation");
+                applied.pending = Some(pending);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Confirms the pending change: it becomes the last good policy.
+    pub fn confirm(&self) -> Result<Pending, AgentError> {
+        let _lock = self.state.lock()?;
+        let pending = self.state.pending()?.ok_or(AgentError::NothingPending)?;
+        if now_unix() >= pending.deadline {
+            self.rollback_locked(&pending, "confirmation came after the deadline")?;
+            return Err(AgentError::TooLate { id: pending.id });
+        }
+        self.state.set_last_good(&pending.applied)?;
+        self.state.clear_pending()?;
+        info!(id = %pending.id, "change confirmed");
+        Ok(pending)
+    }
+
+    /// Rolls back a pending change whose deadline has passed. Returns its id.
+    pub fn rollback_due(&self) -> Result<Option<String>, AgentError> {
+        let _lock = self.state.lock()?;
+        match self.state.pending()? {
+            Some(p) if now_unix() >= p.deadline => {
+                self.rollback_locked(&p, "not confirmed before the deadline")?;
+                Ok(Some(p.id))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn rollback_locked(&self, pending: &Pending, reason: &str) -> Result<(), AgentError> {
+        warn!(id = %pending.id, reason, "rolling back to the previous ruleset");
+        match &pending.previous {
+            Some(text) => {
+                let policy = palisade_model::parse_policy(text, "last-good.toml")?;
+                self.enforce(&policy)?;
+            }
+            None => {
+                if self.nft.list_raw()?.is_some() {
+                    self.nft.apply(&delete_table_batch())?;
+                }
+            }
+        }
+        self.state.clear_pending()?;
+        self.state.record_rollback(&RollbackRecord {
+            at: now_unix(),
+            pending_id: pending.id.clone(),
+            reason: reason.to_string(),
+        })?;
+        metrics::counter!("palisade_ruleset_rollbacks_total").increment(1);
+        Ok(())
+    }
+
+    /// The policy text that should be in force: a pending change, else the last good one.
+    pub fn current_text(&self) -> Result<Option<(String, String)>, AgentError> {
+        if let Some(p) = self.state.pending()? {
+            return Ok(Some((p.applied, p.source)));
+        }
+        Ok(self
+            .state
+            .last_good()?
+            .map(|t| (t, "last-good.toml".to_string())))
+    }
+
+    /// On start: settle an overdue confirmation, then put the last good policy back
+    /// in force before anything else is read.
+    pub fn restore(&self) -> Result<Option<Applied>, AgentError> {
+        if let Some(id) = self.rollback_due()? {
+            warn!(%id, "a change left unconfirmed before the restart was rolled back");
+        }
+        let Some((text, source)) = self.current_text()? else {
+            return Ok(None);
+        };
+        let policy = palisade_model::parse_policy(&text, &source)?;
+        let _lock = self.state.lock()?;
+        self.enforce(&policy).map(Some)
+    }
+
+    /// Deletes the agent's own table and nothing else. The state directory is kept
+    /// unless `forget` (uninstall).
+    pub fn disable(&self, forget: bool) -> Result<bool, AgentError> {
+        let _lock = self.state.lock()?;
+        let existed = self.nft.list_raw()?.is_some();
+        if existed {
+            self.nft.apply(&delete_table_batch())?;
+        }
+        if forget {
+            self.state.clear_pending()?;
+            self.state.clear_last_good()?;
+        }
+        Ok(existed)
+    }
+
+    pub fn live(&self) -> Result<Option<LiveTable>, AgentError> {
+        Ok(self.nft.list()?)
+    }
+
+    pub fn live_dynamic(&self, policy: &Policy) -> Result<DynamicState, AgentError> {
+        let desired = render(policy);
+        Ok(self
+            .live()?
+            .map(|l| l.dynamic_state(&roles(&desired)))
+            .unwrap_or_default())
+    }
+
+    pub fn explain(&self, policy: &Policy, query: &Query) -> Result<Verdict, AgentError> {
+        Ok(explain(policy, &self.live_dynamic(policy)?, query))
+    }
+
+    fn require_table(&self) -> Result<(), AgentError> {
+        if self.nft.list_raw()?.is_none() {
+            return Err(AgentError::Element(
+                "the palisade table is not loaded; apply a policy first".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds elements to a dynamic set without touching any rule.
+    pub fn add_elements(&self, set: DynSet, elems: &[TimedAddr]) -> Result<(), AgentError> {
+        self.require_table()?;
+        self.nft.apply(&element_batch(set, elems, false))?;
+        Ok(())
+    }
+
+    pub fn delete_elements(&self, set: DynSet, elems: &[TimedAddr]) -> Result<(), AgentError> {
+        self.require_table()?;
+        self.nft
+            .apply(&element_batch(set, elems, true))
+            .map_err(|e| match e {
+                NftError::Rejected { .. } => AgentError::Element(format!(
+                    "not in set {set}: {}",
+                    elems
+                        .iter()
+                        .map(|e| e.addr.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                other => other.into(),
+            })
+    }
+
+    pub fn add_grants(&self, grants: &[Grant]) -> Result<(), AgentError> {
+        self.require_table()?;
+        self.nft.apply(&grant_batch(grants, false))?;
+        Ok(())
+    }
+
+    pub fn delete_grants(&self, grants: &[Grant]) -> Result<(), AgentError> {
+        self.require_table()?;
+        self.nft.apply(&grant_batch(grants, true))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,12 @@
+//! The Palisade agent: one per PBX host. It owns the nftables table
+//! `inet palisade`, renders its policy into it atomically, and keeps the operator
+//! from ever being locked out.
+
+pub mod cli;
+pub mod engine;
+pub mod lockout;
+pub mod ruleset;
+pub mod settings;
+pub mod show;
+pub mod state;
+pub mod telemetry;

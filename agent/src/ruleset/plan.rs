@@ -1,0 +1,421 @@
+//! Desired vs live → one nft transaction (pure).
+//!
+//! The plan is the smallest batch that makes the live table match: nothing at all
+//! when it already does, chains flushed and refilled inside the same transaction
+//! when the policy changed, and dynamic elements added or deleted one by one.
+
+use super::expr::string;
+use super::expr::{concat, counter, number};
+use super::live::{element_key, grant_key, LiveTable};
+use super::render::{set_flags, ChainSpec, Desired, SetRole, SetSpec, INFO_CHAIN, SCHEMA, TABLE};
+use nftables::batch::Batch;
+use nftables::expr::{Elem, Expression, NamedExpression};
+use nftables::schema::{
+    Chain, Element, FlushObject, NfCmd, NfListObject, Nftables, Rule, Set, Table,
+};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use palisade_model::{DynSet, DynamicState, Family, Grant, TimedAddr};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// How the dynamic elements handed to [`plan`] relate to the live ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DynMode {
+    /// Add what is missing, keep everything else (a policy change never drops a ban).
+    Merge,
+    /// Make each dynamic set hold exactly the given elements.
+    Replace,
+}
+
+/// What a plan does, for logs and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanSummary {
+    pub create_table: bool,
+    pub rebuild_table: bool,
+    pub static_changed: bool,
+    pub elements_added: usize,
+    pub elements_deleted: usize,
+}
+
+impl PlanSummary {
+    pub fn is_noop(&self) -> bool {
+        *self == PlanSummary::default()
+    }
+}
+
+pub struct Plan {
+    pub batch: Nftables<'static>,
+    pub summary: PlanSummary,
+}
+
+fn table() -> Table<'static> {
+    Table {
+        family: NfFamily::INet,
+        name: Cow::Borrowed(TABLE),
+        handle: None,
+    }
+}
+
+fn set_object(spec: &SetSpec) -> Set<'static> {
+    Set {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Owned(spec.name.clone()),
+        handle: None,
+        set_type: spec.set_type.clone(),
+        policy: None,
+        flags: set_flags(spec),
+        elem: None,
+        timeout: None,
+        gc_interval: None,
+        size: None,
+        comment: None,
+    }
+}
+
+fn chain_object(spec_name: &str, hook_input: bool) -> Chain<'static> {
+    Chain {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Owned(spec_name.to_string()),
+        newname: None,
+        handle: None,
+        _type: hook_input.then_some(NfChainType::Filter),
+        hook: hook_input.then_some(NfHook::Input),
+        prio: hook_input.then_some(0),
+        dev: None,
+        policy: hook_input.then_some(NfChainPolicy::Drop),
+    }
+}
+
+fn rule_objects(chain: &ChainSpec) -> impl Iterator<Item = NfListObject<'static>> + '_ {
+    chain.rules.iter().map(|r| {
+        NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: Cow::Borrowed(TABLE),
+            chain: Cow::Owned(chain.name.clone()),
+            expr: Cow::Owned(r.expr.clone()),
+            handle: None,
+            index: None,
+            comment: Some(Cow::Owned(r.comment.clone())),
+        })
+    })
+}
+
+fn marker_rule(desired: &Desired) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        chain: Cow::Borrowed(INFO_CHAIN),
+        expr: Cow::Owned(vec![counter()]),
+        handle: None,
+        index: None,
+        comment: Some(Cow::Owned(desired.marker())),
+    })
+}
+
+fn elements(set: &str, elem: Vec<Expression<'static>>) -> NfListObject<'static> {
+    NfListObject::Element(Element {
+        family: NfFamily::INet,
+        table: Cow::Borrowed(TABLE),
+        name: Cow::Owned(set.to_string()),
+        elem: Cow::Owned(elem),
+    })
+}
+
+/// Whole seconds for nft, rounded up and never 0 (which would mean "no timeout").
+fn secs(d: Duration) -> u32 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    u32::try_from(s.max(1)).unwrap_or(u32::MAX)
+}
+
+fn element_expr(
+    val: Expression<'static>,
+    ttl: Option<Duration>,
+    comment: Option<&str>,
+) -> Expression<'static> {
+    if ttl.is_none() && comment.is_none() {
+        return val;
+    }
+    Expression::Named(NamedExpression::Elem(Elem {
+        val: Box::new(val),
+        timeout: ttl.map(secs),
+        expires: None,
+        comment: comment.map(|c| Cow::Owned(palisade_model::dynamic::clip_comment(c))),
+        counter: None,
+    }))
+}
+
+pub fn addr_element(e: &TimedAddr) -> Expression<'static> {
+    element_expr(
+        string(e.addr.to_string()),
+        e.ttl.or(e.expires),
+        e.comment.as_deref(),
+    )
+}
+
+pub fn grant_element(g: &Grant) -> Expression<'static> {
+    element_expr(
+        concat(vec![
+            string(g.addr.to_string()),
+            string(g.proto.as_str()),
+            number(g.port.into()),
+        ]),
+        g.ttl.or(g.expires),
+        g.comment.as_deref(),
+    )
+}
+
+/// Every dynamic element of `state`, keyed by its set's name.
+fn dynamic_by_set(state: &DynamicState) -> BTreeMap<String, Vec<(String, Expression<'static>)>> {
+    let mut out: BTreeMap<String, Vec<(String, Expression<'static>)>> = BTreeMap::new();
+    for (set, elems) in &state.sets {
+        for e in elems {
+            let name = super::render::dyn_set_name(*set, Family::of(&e.addr));
+            out.entry(name)
+                .or_default()
+                .push((e.addr.to_string(), addr_element(e)));
+        }
+    }
+    for g in &state.grants {
+        let name = super::render::set_name("grant", Family::of(&g.addr));
+        out.entry(name)
+            .or_default()
+            .push((grant_key(g.addr, g.proto, g.port), grant_element(g)));
+    }
+    out
+}
+
+fn schema_of(marker: Option<&str>) -> Option<u32> {
+    marker?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("schema=")?.parse().ok())
+}
+
+fn add_all_static(batch: &mut Batch<'static>, desired: &Desired) {
+    for chain in &desired.chains {
+        batch.add(NfListObject::Chain(chain_object(
+            &chain.name,
+            chain.hook_input,
+        )));
+    }
+    batch.add(NfListObject::Chain(chain_object(INFO_CHAIN, false)));
+    for chain in &desired.chains {
+        for r in rule_objects(chain) {
+            batch.add(r);
+        }
+    }
+    batch.add(marker_rule(desired));
+    for (set, elems) in &desired.static_elements {
+        if !elems.is_empty() {
+            batch.add(elements(set, elems.clone()));
+        }
+    }
+}
+
+/// Plans the transaction that makes the live table match `desired` plus `dynamic`.
+pub fn plan(
+    desired: &Desired,
+    live: Option<&LiveTable>,
+    dynamic: &DynamicState,
+    mode: DynMode,
+) -> Plan {
+    let mut batch = Batch::new();
+    let mut summary = PlanSummary::default();
+    let rebuild = live.is_some_and(|l| schema_of(l.marker.as_deref()) != Some(SCHEMA));
+    let mut wanted = dynamic_by_set(dynamic);
+    let mut live_keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+
+    if live.is_none() || rebuild {
+        summary.create_table = live.is_none();
+        summary.rebuild_table = rebuild;
+        if rebuild {
+            // Same transaction: the old table goes and the new one arrives at once.
+            batch.delete(NfListObject::Table(table()));
+            if mode == DynMode::Merge {
+                let roles: Vec<(String, SetRole)> = desired
+                    .sets
+                    .iter()
+                    .map(|s| (s.name.clone(), s.role))
+                    .collect();
+                let kept = live.expect("rebuild implies live").dynamic_state(&roles);
+                for (set, elems) in dynamic_by_set(&kept) {
+                    let entry = wanted.entry(set).or_default();
+                    for (k, e) in elems {
+                        if !entry.iter().any(|(key, _)| *key == k) {
+                            entry.push((k, e));
+                        }
+                    }
+                }
+            }
+        }
+        batch.add(NfListObject::Table(table()));
+        for spec in &desired.sets {
+            batch.add(NfListObject::Set(Box::new(set_object(spec))));
+        }
+        add_all_static(&mut batch, desired);
+        summary.static_changed = true;
+    } else {
+        let live = live.expect("checked above");
+        for spec in &desired.sets {
+            if !live.sets.contains_key(&spec.name) {
+                batch.add(NfListObject::Set(Box::new(set_object(spec))));
+                summary.static_changed = true;
+            }
+        }
+        let drifted = live.marker.as_deref() != Some(desired.marker().as_str())
+            || desired
+                .chains
+                .iter()
+                .any(|c| live.rule_count(&c.name) != c.rules.len())
+            || desired
+                .sets
+                .iter()
+                .filter(|s| s.role == SetRole::Static)
+                .any(|s| {
+                    live.element_count(&s.name)
+                        != desired
+                            .static_elements
+                            .get(&s.name)
+                            .map(Vec::len)
+                            .unwrap_or(0)
+                });
+        if drifted {
+            summary.static_changed = true;
+            for chain in &desired.chains {
+                batch.add(NfListObject::Chain(chain_object(
+                    &chain.name,
+                    chain.hook_input,
+                )));
+                batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(
+                    &chain.name,
+                    chain.hook_input,
+                ))));
+            }
+            batch.add(NfListObject::Chain(chain_object(INFO_CHAIN, false)));
+            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(
+                INFO_CHAIN, false,
+            ))));
+            for spec in desired.sets.iter().filter(|s| s.role == SetRole::Static) {
+                if live.element_count(&spec.name) > 0 {
+                    batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_object(spec)))));
+                }
+            }
+            for chain in &desired.chains {
+                for r in rule_objects(chain) {
+                    batch.add(r);
+                }
+            }
+            batch.add(marker_rule(desired));
+            for (set, elems) in &desired.static_elements {
+                if !elems.is_empty() {
+                    batch.add(elements(set, elems.clone()));
+                }
+            }
+        }
+        for spec in desired.sets.iter().filter(|s| s.role != SetRole::Static) {
+            let keys = live
+                .sets
+                .get(&spec.name)
+                .map(|elems| elems.iter().filter_map(element_key).collect())
+                .unwrap_or_default();
+            live_keys.insert(spec.name.clone(), keys);
+        }
+    }
+
+    for spec in desired.sets.iter().filter(|s| s.role != SetRole::Static) {
+        let have = live_keys.get(&spec.name);
+        let want = wanted.remove(&spec.name).unwrap_or_default();
+        let want_keys: BTreeSet<&str> = want.iter().map(|(k, _)| k.as_str()).collect();
+        let add: Vec<Expression<'static>> = want
+            .iter()
+            .filter(|(k, _)| !have.is_some_and(|h| h.contains(k)))
+            .map(|(_, e)| e.clone())
+            .collect();
+        if mode == DynMode::Replace {
+            if let Some(have) = have {
+                let del: Vec<Expression<'static>> = have
+                    .iter()
+                    .filter(|k| !want_keys.contains(k.as_str()))
+                    .map(|k| key_expr(k))
+                    .collect();
+                if !del.is_empty() {
+                    summary.elements_deleted += del.len();
+                    batch.delete(elements(&spec.name, del));
+                }
+            }
+        }
+        if !add.is_empty() {
+            summary.elements_added += add.len();
+            batch.add(elements(&spec.name, add));
+        }
+    }
+    Plan {
+        batch: batch.to_nftables(),
+        summary,
+    }
+}
+
+/// Rebuilds an element value from its comparison key (`addr` or `addr . proto . port`).
+fn key_expr(key: &str) -> Expression<'static> {
+    let parts: Vec<&str> = key.split(" . ").collect();
+    match parts.as_slice() {
+        [addr, proto, port] => concat(vec![
+            string(*addr),
+            string(*proto),
+            number(port.parse().unwrap_or(0)),
+        ]),
+        _ => string(key),
+    }
+}
+
+/// A batch that adds or deletes dynamic elements only, for the fast path (bans,
+/// known-good, grants) that must not re-render anything.
+pub fn element_batch(set: DynSet, elems: &[TimedAddr], delete: bool) -> Nftables<'static> {
+    let mut by_family: BTreeMap<String, Vec<Expression<'static>>> = BTreeMap::new();
+    for e in elems {
+        let name = super::render::dyn_set_name(set, Family::of(&e.addr));
+        let expr = if delete {
+            string(e.addr.to_string())
+        } else {
+            addr_element(e)
+        };
+        by_family.entry(name).or_default().push(expr);
+    }
+    let mut batch = Batch::new();
+    for (name, exprs) in by_family {
+        if delete {
+            batch.delete(elements(&name, exprs));
+        } else {
+            batch.add(elements(&name, exprs));
+        }
+    }
+    batch.to_nftables()
+}
+
+/// Like [`element_batch`] for per-user grants.
+pub fn grant_batch(grants: &[Grant], delete: bool) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    for g in grants {
+        let name = super::render::set_name("grant", Family::of(&g.addr));
+        let expr = if delete {
+            key_expr(&grant_key(g.addr, g.proto, g.port))
+        } else {
+            grant_element(g)
+        };
+        if delete {
+            batch.delete(elements(&name, vec![expr]));
+        } else {
+            batch.add(elements(&name, vec![expr]));
+        }
+    }
+    batch.to_nftables()
+}
+
+/// The transaction that removes the agent's table and nothing else.
+pub fn delete_table_batch() -> Nftables<'static> {
+    let mut batch = Batch::new();
+    batch.delete(NfListObject::Table(table()));
+    batch.to_nftables()
+}

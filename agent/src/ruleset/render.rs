@@ -1,0 +1,589 @@
+//! Policy → nftables objects: a pure function, tested on its output.
+//!
+//! The rendered ruleset has two halves with different lives. The *static* half
+//! (chains, rules, and the sets that mirror the configuration) changes only when the
+//! policy does and is identified by a fingerprint. The *dynamic* sets (bans,
+//! known-good, grants, resolved names) are only ever changed element by element, so
+//! re-rendering never wipes a ban.
+
+use super::expr::*;
+use nftables::expr::{Expression, MetaKey};
+use nftables::schema::{SetFlag, SetType, SetTypeValue};
+use nftables::stmt::{Limit, Statement};
+use palisade_model::{DynSet, Family, Policy, Proto, Service, Stage, Zone, INPUT_PIPELINE};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The one table the agent owns; it never touches any other.
+pub const TABLE: &str = "palisade";
+/// Bumped when set definitions change shape; a live table of another schema is
+/// rebuilt (keeping its dynamic elements) instead of patched.
+pub const SCHEMA: u32 = 1;
+/// The unreferenced chain whose single rule carries the policy fingerprint.
+pub const INFO_CHAIN: &str = "policy_info";
+pub const INPUT_CHAIN: &str = "input";
+pub const KNOWN_GOOD_CHAIN: &str = "known_good";
+
+/// What a set holds, which decides how it is kept up to date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SetRole {
+    /// Mirrors the configuration; flushed and refilled when the policy changes.
+    Static,
+    /// Element-by-element, with timeouts; never flushed by a policy change.
+    Dynamic(#[serde(skip)] DynSet),
+    /// Per-user grants (address . protocol . port), with timeouts.
+    Grant,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetSpec {
+    pub name: String,
+    pub family: Option<Family>,
+    pub role: SetRole,
+    #[serde(skip)]
+    pub set_type: SetTypeValue<'static>,
+    pub flags: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleSpec {
+    pub comment: String,
+    pub expr: Vec<Statement<'static>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainSpec {
+    pub name: String,
+    /// `Some` for the base chain hooked at input (policy drop).
+    pub hook_input: bool,
+    pub rules: Vec<RuleSpec>,
+}
+
+/// The whole desired table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Desired {
+    pub sets: Vec<SetSpec>,
+    /// Elements of the static sets, by set name.
+    pub static_elements: BTreeMap<String, Vec<Expression<'static>>>,
+    pub chains: Vec<ChainSpec>,
+    /// Digest of everything above; equal fingerprints mean an identical static half.
+    #[serde(skip)]
+    pub fingerprint: String,
+}
+
+impl Desired {
+    pub fn set(&self, name: &str) -> Option<&SetSpec> {
+        self.sets.iter().find(|s| s.name == name)
+    }
+
+    /// The comment of the marker rule in [`INFO_CHAIN`].
+    pub fn marker(&self) -> String {
+        format!("palisade schema={SCHEMA} policy={}", self.fingerprint)
+    }
+}
+
+pub fn set_name(base: &str, family: Family) -> String {
+    format!("{base}_{}", family.suffix())
+}
+
+pub fn dyn_set_name(set: DynSet, family: Family) -> String {
+    set_name(&set.base_name(), family)
+}
+
+fn zone_set(zone: Zone, family: Family) -> String {
+    set_name(&format!("zone_{zone}"), family)
+}
+
+fn if_set(zone: Zone) -> String {
+    format!("if_{zone}")
+}
+
+fn zone_chain(zone: Zone) -> String {
+    format!("zone_{zone}")
+}
+
+fn addr_type(family: Family) -> SetType {
+    match family {
+        Family::V4 => SetType::Ipv4Addr,
+        Family::V6 => SetType::Ipv6Addr,
+    }
+}
+
+fn all_sets() -> Vec<SetSpec> {
+    let mut sets = Vec::new();
+    for family in Family::ALL {
+        let single = SetTypeValue::Single(addr_type(family));
+        sets.push(SetSpec {
+            name: set_name("mgmt", family),
+            family: Some(family),
+            role: SetRole::Static,
+            set_type: single.clone(),
+            flags: vec!["interval"],
+        });
+        for zone in Zone::ALL {
+            sets.push(SetSpec {
+                name: zone_set(zone, family),
+                family: Some(family),
+                role: SetRole::Static,
+                set_type: single.clone(),
+                flags: vec!["interval"],
+            });
+        }
+        for dynset in DynSet::ALL {
+            sets.push(SetSpec {
+                name: dyn_set_name(dynset, family),
+                family: Some(family),
+                role: SetRole::Dynamic(dynset),
+                set_type: single.clone(),
+                flags: vec!["timeout"],
+            });
+        }
+        sets.push(SetSpec {
+            name: set_name("grant", family),
+            family: Some(family),
+            role: SetRole::Grant,
+            set_type: SetTypeValue::Concatenated(Cow::Owned(vec![
+                addr_type(family),
+                SetType::InetProto,
+                SetType::InetService,
+            ])),
+            flags: vec!["timeout"],
+        });
+    }
+    for zone in Zone::ALL {
+        sets.push(SetSpec {
+            name: if_set(zone),
+            family: None,
+            role: SetRole::Static,
+            set_type: SetTypeValue::Single(SetType::Ifname),
+            flags: vec![],
+        });
+    }
+    sets
+}
+
+pub fn set_flags(spec: &SetSpec) -> Option<std::collections::HashSet<SetFlag>> {
+    if spec.flags.is_empty() {
+        return None;
+    }
+    Some(
+        spec.flags
+            .iter()
+            .map(|f| match *f {
+                "interval" => SetFlag::Interval,
+                _ => SetFlag::Timeout,
+            })
+            .collect(),
+    )
+}
+
+fn rule(comment: impl Into<String>, expr: Vec<Statement<'static>>) -> RuleSpec {
+    RuleSpec {
+        comment: comment.into(),
+        expr,
+    }
+}
+
+/// One rule per family: `ip saddr @set_v4 <verdict>` and `ip6 saddr @set_v6 <verdict>`.
+fn per_family(
+    base: &str,
+    comment: &str,
+    verdict: impl Fn() -> Vec<Statement<'static>>,
+) -> Vec<RuleSpec> {
+    Family::ALL
+        .into_iter()
+        .map(|family| {
+            let mut expr = vec![eq(saddr(family), set_ref(&set_name(base, family)))];
+            expr.extend(verdict());
+            rule(comment, expr)
+        })
+        .collect()
+}
+
+/// `tcp dport {…} counter accept` for each protocol a service uses.
+fn service_rules(service: &Service) -> Vec<RuleSpec> {
+    let mut by_proto: BTreeMap<Proto, Vec<Expression<'static>>> = BTreeMap::new();
+    for spec in &service.ports {
+        let port = if spec.range.first == spec.range.last {
+            number(spec.range.first.into())
+        } else {
+            range(spec.range.first.into(), spec.range.last.into())
+        };
+        by_proto.entry(spec.proto).or_default().push(port);
+    }
+    by_proto
+        .into_iter()
+        .map(|(proto, mut ports)| {
+            let right = if ports.len() == 1 {
+                ports.remove(0)
+            } else {
+                anon_set(ports)
+            };
+            rule(
+                format!("service {}", service.name),
+                vec![
+                    eq(payload(proto.as_str(), "dport"), right),
+                    counter(),
+                    accept(),
+                ],
+            )
+        })
+        .collect()
+}
+
+fn icmp_echo_rules() -> Vec<RuleSpec> {
+    let limit = || {
+        Statement::Limit(Limit {
+            rate: 10,
+            rate_unit: None,
+            per: Some(Cow::Borrowed("second")),
+            burst: Some(20),
+            burst_unit: None,
+            inv: None,
+        })
+    };
+    vec![
+        rule(
+            "ping",
+            vec![
+                eq(payload("icmp", "type"), string("echo-request")),
+                limit(),
+                accept(),
+            ],
+        ),
+        rule(
+            "ping",
+            vec![
+                eq(payload("icmpv6", "type"), string("echo-request")),
+                limit(),
+                accept(),
+            ],
+        ),
+    ]
+}
+
+fn input_rules(stage: Stage) -> Vec<RuleSpec> {
+    match stage {
+        Stage::Loopback => vec![rule(
+            "loopback",
+            vec![eq(meta(MetaKey::Iif), string("lo")), accept()],
+        )],
+        Stage::Management => {
+            let mut rules = per_family("mgmt", "management", || vec![accept()]);
+            rules.extend(per_family(
+                &DynSet::MgmtSession.base_name(),
+                "management: first-start ssh session",
+                || vec![accept()],
+            ));
+            rules
+        }
+        Stage::Bans => [DynSet::Ban, DynSet::SharedBan]
+            .into_iter()
+            .flat_map(|s| {
+                per_family(&s.base_name(), &format!("ban: {s}"), || {
+                    vec![counter(), drop()]
+                })
+            })
+            .collect(),
+        Stage::Blocked => {
+            let mut rules = per_family("zone_blocked", "zone blocked", || vec![counter(), drop()]);
+            rules.extend(per_family(
+                &DynSet::Resolved(Zone::Blocked).base_name(),
+                "zone blocked: resolved",
+                || vec![counter(), drop()],
+            ));
+            rules
+        }
+        Stage::Established => vec![
+            rule(
+                "established",
+                vec![
+                    is_in(
+                        ct("state"),
+                        Expression::List(vec![string("established"), string("related")]),
+                    ),
+                    accept(),
+                ],
+            ),
+            rule(
+                "invalid",
+                vec![eq(ct("state"), string("invalid")), counter(), drop()],
+            ),
+        ],
+        Stage::Icmp => vec![rule(
+            "ipv6 neighbour discovery",
+            vec![
+                eq(
+                    payload("icmpv6", "type"),
+                    anon_set(
+                        [
+                            "nd-router-solicit",
+                            "nd-router-advert",
+                            "nd-neighbor-solicit",
+                            "nd-neighbor-advert",
+                        ]
+                        .into_iter()
+                        .map(string)
+                        .collect(),
+                    ),
+                ),
+                accept(),
+            ],
+        )],
+        Stage::Trusted => {
+            let mut rules = per_family("zone_trusted", "zone trusted", || vec![accept()]);
+            rules.extend(per_family(
+                &DynSet::Resolved(Zone::Trusted).base_name(),
+                "zone trusted: resolved",
+                || vec![accept()],
+            ));
+            rules
+        }
+        Stage::KnownGood => per_family(&DynSet::KnownGood.base_name(), "known-good", || {
+            vec![jump(KNOWN_GOOD_CHAIN)]
+        }),
+        Stage::Grants => Family::ALL
+            .into_iter()
+            .map(|family| {
+                rule(
+                    "grant",
+                    vec![
+                        eq(
+                            concat(vec![
+                                saddr(family),
+                                meta(MetaKey::L4proto),
+                                payload("th", "dport"),
+                            ]),
+                            set_ref(&set_name("grant", family)),
+                        ),
+                        accept(),
+                    ],
+                )
+            })
+            .collect(),
+        Stage::Zones => {
+            let mut rules = Vec::new();
+            for zone in Zone::FILTERED {
+                let chain = zone_chain(zone);
+                rules.extend(per_family(
+                    &format!("zone_{zone}"),
+                    &format!("zone {zone}"),
+                    || vec![goto(&chain)],
+                ));
+                rules.extend(per_family(
+                    &DynSet::Resolved(zone).base_name(),
+                    &format!("zone {zone}: resolved"),
+                    || vec![goto(&chain)],
+                ));
+            }
+            let by_if = |zone: Zone, verdict: Vec<Statement<'static>>| {
+                let mut expr = vec![eq(meta(MetaKey::Iifname), set_ref(&if_set(zone)))];
+                expr.extend(verdict);
+                rule(format!("zone {zone}: interface"), expr)
+            };
+            rules.push(by_if(Zone::Blocked, vec![counter(), drop()]));
+            rules.push(by_if(Zone::Trusted, vec![accept()]));
+            for zone in Zone::FILTERED {
+                rules.push(by_if(zone, vec![goto(&zone_chain(zone))]));
+            }
+            rules.push(rule(
+                format!("zone {}: default", Zone::DEFAULT),
+                vec![goto(&zone_chain(Zone::DEFAULT))],
+            ));
+            rules
+        }
+    }
+}
+
+fn static_elements(policy: &Policy) -> BTreeMap<String, Vec<Expression<'static>>> {
+    let mut out: BTreeMap<String, Vec<Expression<'static>>> = BTreeMap::new();
+    let mut push_net = |set: String, net: &ipnet::IpNet| {
+        let elem = if net.prefix_len() == net.max_prefix_len() {
+            string(net.addr().to_string())
+        } else {
+            prefix(net.network(), net.prefix_len())
+        };
+        out.entry(set).or_default().push(elem);
+    };
+    for m in &policy.management {
+        push_net(set_name("mgmt", Family::of_net(&m.value)), &m.value);
+    }
+    for zone in Zone::ALL {
+        for n in policy.networks(zone) {
+            push_net(zone_set(zone, Family::of_net(&n.value)), &n.value);
+        }
+    }
+    for zone in Zone::ALL {
+        let names: BTreeSet<&str> = policy.interfaces(zone).map(|i| i.value.as_str()).collect();
+        if !names.is_empty() {
+            out.insert(if_set(zone), names.into_iter().map(string).collect());
+        }
+    }
+    out
+}
+
+/// Renders the policy. Pure: the same policy always gives the same objects and
+/// fingerprint, whatever the live state.
+pub fn render(policy: &Policy) -> Desired {
+    let mut input = Vec::new();
+    for stage in INPUT_PIPELINE {
+        input.extend(input_rules(stage));
+    }
+    let mut chains = vec![ChainSpec {
+        name: INPUT_CHAIN.into(),
+        hook_input: true,
+        rules: input,
+    }];
+    chains.push(ChainSpec {
+        name: KNOWN_GOOD_CHAIN.into(),
+        hook_input: false,
+        rules: policy
+            .services
+            .iter()
+            .filter(|s| s.voip)
+            .flat_map(service_rules)
+            .collect(),
+    });
+    for zone in Zone::FILTERED {
+        let mut rules: Vec<RuleSpec> = policy
+            .services
+            .iter()
+            .filter(|s| s.open_in(zone))
+            .flat_map(service_rules)
+            .collect();
+        rules.extend(icmp_echo_rules());
+        rules.push(rule(
+            format!("zone {zone}: default drop"),
+            vec![counter(), drop()],
+        ));
+        chains.push(ChainSpec {
+            name: zone_chain(zone),
+            hook_input: false,
+            rules,
+        });
+    }
+    let mut desired = Desired {
+        sets: all_sets(),
+        static_elements: static_elements(policy),
+        chains,
+        fingerprint: String::new(),
+    };
+    let digest = Sha256::digest(serde_json::to_vec(&desired).expect("rendered objects serialize"));
+    desired.fingerprint = hex::encode(&digest[..8]);
+    desired
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_model::parse_policy;
+
+    fn rendered(text: &str) -> Desired {
+        render(&parse_policy(text, "test.toml").unwrap())
+    }
+
+    fn json(d: &Desired) -> String {
+        serde_json::to_string(&d.chains).unwrap()
+    }
+
+    #[test]
+    fn input_chain_follows_the_pipeline_order() {
+        let d = rendered("");
+        let comments: Vec<&str> = d.chains[0]
+            .rules
+            .iter()
+            .map(|r| r.comment.as_str())
+            .collect();
+        let pos = |c: &str| {
+            comments
+                .iter()
+                .position(|x| *x == c)
+                .unwrap_or_else(|| panic!("no rule {c}"))
+        };
+        assert_eq!(pos("loopback"), 0);
+        assert!(pos("management") < pos("ban: ban"));
+        assert!(
+            pos("ban: ban_shared") < pos("established"),
+            "bans must precede the conntrack shortcut"
+        );
+        assert!(pos("zone blocked") < pos("established"));
+        assert!(pos("established") < pos("zone trusted"));
+        assert!(pos("zone trusted") < pos("known-good"));
+        assert!(pos("known-good") < pos("grant"));
+        assert!(pos("grant") < pos("zone local"));
+        assert_eq!(*comments.last().unwrap(), "zone internet: default");
+    }
+
+    #[test]
+    fn services_land_in_their_zones() {
+        let d = rendered("");
+        let chain = |n: &str| d.chains.iter().find(|c| c.name == n).unwrap();
+        let has = |c: &ChainSpec, svc: &str| {
+            c.rules
+                .iter()
+                .any(|r| r.comment == format!("service {svc}"))
+        };
+        assert!(has(chain("zone_local"), "ssh"));
+        assert!(!has(chain("zone_internet"), "ssh"));
+        assert!(has(chain("zone_internet"), "sip-udp"));
+        assert!(has(chain("zone_other"), "webrtc"));
+        assert!(has(chain("known_good"), "rtp") && !has(chain("known_good"), "admin"));
+        let admin = serde_json::to_string(
+            &chain("zone_local")
+                .rules
+                .iter()
+                .find(|r| r.comment == "service admin")
+                .unwrap()
+                .expr,
+        )
+        .unwrap();
+        assert!(admin.contains("\"set\":[80,443]"), "{admin}");
+        let rtp = serde_json::to_string(
+            &chain("zone_local")
+                .rules
+                .iter()
+                .find(|r| r.comment == "service rtp")
+                .unwrap()
+                .expr,
+        )
+        .unwrap();
+        assert!(rtp.contains("\"range\":[10000,20000]"), "{rtp}");
+    }
+
+    #[test]
+    fn static_sets_mirror_the_config() {
+        let d = rendered("management = [\"192.0.2.10\", \"2001:db8::/48\"]\n[zones.local]\nnetworks = [\"192.168.0.0/16\"]\ninterfaces = [\"eth1\", \"eth0\"]\n");
+        let e = |n: &str| serde_json::to_string(&d.static_elements[n]).unwrap();
+        assert_eq!(e("mgmt_v4"), "[\"192.0.2.10\"]");
+        assert_eq!(
+            e("mgmt_v6"),
+            "[{\"prefix\":{\"addr\":\"2001:db8::\",\"len\":48}}]"
+        );
+        assert_eq!(
+            e("zone_local_v4"),
+            "[{\"prefix\":{\"addr\":\"192.168.0.0\",\"len\":16}}]"
+        );
+        assert_eq!(e("if_local"), "[\"eth0\",\"eth1\"]");
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_sensitive() {
+        assert_eq!(rendered("").fingerprint, rendered("").fingerprint);
+        assert_eq!(
+            rendered("management = [\"192.0.2.1\"]").fingerprint,
+            rendered("\n\nmanagement = [ \"192.0.2.1\" ]").fingerprint,
+            "moving a line is not a change"
+        );
+        assert_ne!(
+            rendered("").fingerprint,
+            rendered("management = [\"192.0.2.1\"]").fingerprint
+        );
+        assert_ne!(
+            rendered("").fingerprint,
+            rendered("[[services]]\nname = \"ssh\"\nzones = [\"other\"]\n").fingerprint
+        );
+        assert_eq!(json(&rendered("")), json(&rendered("")));
+    }
+}

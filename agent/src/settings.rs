@@ -1,0 +1,53 @@
+//! The daemon's own settings: the `[agent]` table of the agent's config file. The
+//! rest of that file is the policy (see `palisade_model::parse_policy`).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub const DEFAULT_CONFIG: &str = "/etc/palisade/agent.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Where the last good policy, pending confirmations and the first-start guard live.
+    pub state_dir: PathBuf,
+    /// Prometheus scrape address (`/metrics`); loopback by default.
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the daemon checks the live table against the policy and repairs drift.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: std::time::Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            state_dir: crate::state::DEFAULT_STATE_DIR.into(),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            check_interval: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct File {
+    #[serde(default)]
+    agent: AgentSettings,
+}
+
+/// Reads `[agent]` from the config text; other tables are the policy's business.
+pub fn parse_settings(text: &str, file: &str) -> anyhow::Result<AgentSettings> {
+    #[derive(Deserialize)]
+    struct Loose {
+        #[serde(default)]
+        agent: Option<toml::Table>,
+    }
+    let loose: Loose =
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {}", e.message()))?;
+    let Some(table) = loose.agent else {
+        return Ok(AgentSettings::default());
+    };
+    let f: File = toml::from_str(&format!("[agent]\n{table}"))
+        .map_err(|e| anyhow::anyhow!("{file}: [agent]: {}", e.message()))?;
+    Ok(f.agent)
+}

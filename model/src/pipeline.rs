@@ -1,0 +1,60 @@
+//! The order in which the input chain judges a packet.
+//!
+//! The renderer turns each stage into rules and `explain` walks the same stages,
+//! so the explanation cannot drift from what the kernel does.
+
+/// One step of the input chain, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    /// Loopback traffic is always accepted.
+    Loopback,
+    /// Management addresses and first-start SSH peers: never blocked, not even by a ban.
+    Management,
+    /// Local and shared bans, before the conntrack shortcut so a ban cuts a live flow.
+    Bans,
+    /// Sources in the blocked zone (networks and names), also before conntrack.
+    Blocked,
+    /// Replies and related traffic of accepted connections.
+    Established,
+    /// IPv6 neighbour discovery, which IPv6 cannot work without.
+    Icmp,
+    /// Trusted networks and names: everything open.
+    Trusted,
+    /// Sources with a live registration get the PBX's signalling and media.
+    KnownGood,
+    /// Per-user grants: one service opened for one registered address.
+    Grants,
+    /// Zone of the source (network, name, interface, default) × its open services.
+    Zones,
+}
+
+/// The input chain, first to last; anything that falls through is dropped.
+pub const INPUT_PIPELINE: [Stage; 10] = [
+    Stage::Loopback,
+    Stage::Management,
+    Stage::Bans,
+    Stage::Blocked,
+    Stage::Established,
+    Stage::Icmp,
+    Stage::Trusted,
+    Stage::KnownGood,
+    Stage::Grants,
+    Stage::Zones,
+];
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Loopback => "loopback",
+            Stage::Management => "management",
+            Stage::Bans => "bans",
+            Stage::Blocked => "blocked",
+            Stage::Established => "established",
+            Stage::Icmp => "icmp",
+            Stage::Trusted => "trusted",
+            Stage::KnownGood => "known-good",
+            Stage::Grants => "grants",
+            Stage::Zones => "zones",
+        }
+    }
+}
