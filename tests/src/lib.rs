@@ -46,6 +46,7 @@
 //! Tests in one process run on parallel threads; every type here is safe to
 //! use that way, and namespace names are unique per process and per run.
 
+mod agent;
 mod host;
 mod lab;
 mod link;
@@ -53,6 +54,7 @@ mod listener;
 mod netns;
 mod probe;
 
+pub use agent::{structure, table_json, AgentHost};
 pub use host::{require_root_tools, workspace_bin};
 pub use lab::{Client, Lab};
 pub use link::{add_address, veth, wait_ipv6_ready};
