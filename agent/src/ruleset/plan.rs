@@ -227,7 +227,60 @@ pub fn plan(
     let mut wanted = dynamic_by_set(dynamic);
     let mut live_keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
 
-    if live.is_none() || rebuild {
+    let patchable = live.filter(|_| !rebuild);
+    if let Some(live) = patchable {
+        for spec in &desired.sets {
+            if !live.sets.contains_key(&spec.name) {
+                batch.add(NfListObject::Set(Box::new(set_object(spec))));
+                summary.static_changed = true;
+            }
+        }
+        let drifted = live.marker.as_deref() != Some(desired.marker().as_str())
+            || desired
+                .chains
+                .iter()
+                .any(|c| live.rule_count(&c.name) != c.rules.len())
+            || desired
+                .sets
+                .iter()
+                .filter(|s| s.role == SetRole::Static)
+                .any(|s| {
+                    live.element_count(&s.name)
+                        != desired
+                            .static_elements
+                            .get(&s.name)
+                            .map(Vec::len)
+                            .unwrap_or(0)
+                });
+        if drifted {
+            // Flush and refill inside the same transaction: no moment without rules.
+            summary.static_changed = true;
+            let chains = desired
+                .chains
+                .iter()
+                .map(|c| (c.name.as_str(), c.hook_input));
+            for (name, hook_input) in chains.chain([(INFO_CHAIN, false)]) {
+                batch.add(NfListObject::Chain(chain_object(name, hook_input)));
+                batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(
+                    name, hook_input,
+                ))));
+            }
+            for spec in desired.sets.iter().filter(|s| s.role == SetRole::Static) {
+                if live.element_count(&spec.name) > 0 {
+                    batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_object(spec)))));
+                }
+            }
+            add_all_static(&mut batch, desired);
+        }
+        for spec in desired.sets.iter().filter(|s| s.role != SetRole::Static) {
+            let keys = live
+                .sets
+                .get(&spec.name)
+                .map(|elems| elems.iter().filter_map(element_key).collect())
+                .unwrap_or_default();
+            live_keys.insert(spec.name.clone(), keys);
+        }
+    } else {
         summary.create_table = live.is_none();
         summary.rebuild_table = rebuild;
         if rebuild {
@@ -256,72 +309,6 @@ pub fn plan(
         }
         add_all_static(&mut batch, desired);
         summary.static_changed = true;
-    } else {
-        let live = live.expect("checked above");
-        for spec in &desired.sets {
-            if !live.sets.contains_key(&spec.name) {
-                batch.add(NfListObject::Set(Box::new(set_object(spec))));
-                summary.static_changed = true;
-            }
-        }
-        let drifted = live.marker.as_deref() != Some(desired.marker().as_str())
-            || desired
-                .chains
-                .iter()
-                .any(|c| live.rule_count(&c.name) != c.rules.len())
-            || desired
-                .sets
-                .iter()
-                .filter(|s| s.role == SetRole::Static)
-                .any(|s| {
-                    live.element_count(&s.name)
-                        != desired
-                            .static_elements
-                            .get(&s.name)
-                            .map(Vec::len)
-                            .unwrap_or(0)
-                });
-        if drifted {
-            summary.static_changed = true;
-            for chain in &desired.chains {
-                batch.add(NfListObject::Chain(chain_object(
-                    &chain.name,
-                    chain.hook_input,
-                )));
-                batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(
-                    &chain.name,
-                    chain.hook_input,
-                ))));
-            }
-            batch.add(NfListObject::Chain(chain_object(INFO_CHAIN, false)));
-            batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(
-                INFO_CHAIN, false,
-            ))));
-            for spec in desired.sets.iter().filter(|s| s.role == SetRole::Static) {
-                if live.element_count(&spec.name) > 0 {
-                    batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_object(spec)))));
-                }
-            }
-            for chain in &desired.chains {
-                for r in rule_objects(chain) {
-                    batch.add(r);
-                }
-            }
-            batch.add(marker_rule(desired));
-            for (set, elems) in &desired.static_elements {
-                if !elems.is_empty() {
-                    batch.add(elements(set, elems.clone()));
-                }
-            }
-        }
-        for spec in desired.sets.iter().filter(|s| s.role != SetRole::Static) {
-            let keys = live
-                .sets
-                .get(&spec.name)
-                .map(|elems| elems.iter().filter_map(element_key).collect())
-                .unwrap_or_default();
-            live_keys.insert(spec.name.clone(), keys);
-        }
     }
 
     for spec in desired.sets.iter().filter(|s| s.role != SetRole::Static) {
@@ -418,4 +405,157 @@ pub fn delete_table_batch() -> Nftables<'static> {
     let mut batch = Batch::new();
     batch.delete(NfListObject::Table(table()));
     batch.to_nftables()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::live::LiveRule;
+    use crate::ruleset::render;
+    use palisade_model::parse_policy;
+
+    /// A live table exactly as the desired one would list, without running nft.
+    fn live_of(desired: &Desired, dynamic: &[(&str, &str)]) -> LiveTable {
+        let mut live = LiveTable {
+            marker: Some(desired.marker()),
+            ..Default::default()
+        };
+        for spec in &desired.sets {
+            let elems = desired
+                .static_elements
+                .get(&spec.name)
+                .cloned()
+                .unwrap_or_default();
+            live.sets.insert(
+                spec.name.clone(),
+                elems
+                    .iter()
+                    .map(|e| serde_json::to_value(e).unwrap())
+                    .collect(),
+            );
+        }
+        for (set, addr) in dynamic {
+            live.sets
+                .get_mut(*set)
+                .unwrap()
+                .push(serde_json::json!({"elem": {"val": addr, "timeout": 60, "expires": 59}}));
+        }
+        for chain in &desired.chains {
+            live.chains.insert(
+                chain.name.clone(),
+                vec![LiveRule::default(); chain.rules.len()],
+            );
+        }
+        live
+    }
+
+    fn ban(addr: &str) -> DynamicState {
+        let mut d = DynamicState::default();
+        d.insert(
+            DynSet::Ban,
+            TimedAddr {
+                addr: addr.parse().unwrap(),
+                ttl: Some(Duration::from_secs(60)),
+                expires: None,
+                comment: None,
+            },
+        );
+        d
+    }
+
+    #[test]
+    fn fresh_table_is_one_transaction_with_everything() {
+        let desired =
+            render(&parse_policy("[zones.local]\nnetworks = [\"10.0.0.0/8\"]\n", "t").unwrap());
+        let p = plan(&desired, None, &ban("192.0.2.1"), DynMode::Merge);
+        assert!(p.summary.create_table && p.summary.static_changed);
+        assert_eq!(p.summary.elements_added, 1);
+        let json = serde_json::to_string(&p.batch).unwrap();
+        assert!(
+            json.starts_with("{\"nftables\":[{\"add\":{\"table\""),
+            "{json}"
+        );
+        assert!(!json.contains("\"delete\""));
+    }
+
+    #[test]
+    fn in_force_means_no_transaction() {
+        let desired = render(&parse_policy("", "t").unwrap());
+        let live = live_of(&desired, &[("ban_v4", "192.0.2.1")]);
+        assert!(
+            plan(&desired, Some(&live), &ban("192.0.2.1"), DynMode::Merge)
+                .summary
+                .is_noop()
+        );
+        assert!(
+            plan(
+                &desired,
+                Some(&live),
+                &DynamicState::default(),
+                DynMode::Merge
+            )
+            .summary
+            .is_noop(),
+            "merge keeps bans"
+        );
+    }
+
+    #[test]
+    fn a_policy_change_refills_chains_but_keeps_dynamic_elements() {
+        let old = render(&parse_policy("", "t").unwrap());
+        let new = render(&parse_policy("management = [\"192.0.2.9\"]", "t").unwrap());
+        let live = live_of(&old, &[("ban_v4", "198.51.100.1")]);
+        let p = plan(&new, Some(&live), &DynamicState::default(), DynMode::Merge);
+        assert!(p.summary.static_changed && !p.summary.create_table);
+        let json = serde_json::to_string(&p.batch).unwrap();
+        assert!(json.contains("\"flush\":{\"chain\""), "{json}");
+        assert!(
+            !json.contains("198.51.100.1"),
+            "the ban is neither re-added nor flushed"
+        );
+        assert!(
+            !json.contains("\"name\":\"ban_v4\""),
+            "the ban set is not touched at all"
+        );
+    }
+
+    #[test]
+    fn replace_mode_deletes_what_is_not_wanted() {
+        let desired = render(&parse_policy("", "t").unwrap());
+        let live = live_of(
+            &desired,
+            &[("ban_v4", "198.51.100.1"), ("ban_v4", "198.51.100.2")],
+        );
+        let p = plan(
+            &desired,
+            Some(&live),
+            &ban("198.51.100.2"),
+            DynMode::Replace,
+        );
+        assert_eq!(
+            (p.summary.elements_deleted, p.summary.elements_added),
+            (1, 0)
+        );
+        assert!(!p.summary.static_changed);
+    }
+
+    #[test]
+    fn an_old_schema_is_rebuilt_in_one_transaction_keeping_elements() {
+        let desired = render(&parse_policy("", "t").unwrap());
+        let mut live = live_of(&desired, &[("ban_v6", "2001:db8::1")]);
+        live.marker = Some("palisade schema=0 policy=x".into());
+        let p = plan(
+            &desired,
+            Some(&live),
+            &DynamicState::default(),
+            DynMode::Merge,
+        );
+        assert!(p.summary.rebuild_table);
+        let json = serde_json::to_string(&p.batch).unwrap();
+        assert!(
+            json.starts_with("{\"nftables\":[{\"delete\":{\"table\""),
+            "{json}"
+        );
+        assert!(json.contains("2001:db8::1"), "the ban survives the rebuild");
+    }
 }
