@@ -135,7 +135,7 @@ impl Agent {
         let mut applied = self.enforce(&policy)?;
         match confirm_within {
             None => {
-                self.state.set_last_good(text)?;
+                self.state.set_last_good(text, source)?;
                 self.state.clear_pending()?;
             }
             Some(within) => {
@@ -162,7 +162,8 @@ impl Agent {
             self.rollback_locked(&pending, "confirmation came after the deadline")?;
             return Err(AgentError::TooLate { id: pending.id });
         }
-        self.state.set_last_good(&pending.applied)?;
+        self.state
+            .set_last_good(&pending.applied, &pending.source)?;
         self.state.clear_pending()?;
         info!(id = %pending.id, "change confirmed");
         Ok(pending)
@@ -184,7 +185,7 @@ impl Agent {
         warn!(id = %pending.id, reason, "rolling back to the previous ruleset");
         match &pending.previous {
             Some(text) => {
-                let policy = palisade_model::parse_policy(text, "last-good.toml")?;
+                let policy = palisade_model::parse_policy(text, &self.state.last_good_source()?)?;
                 self.enforce(&policy)?;
             }
             None => {

@@ -145,12 +145,25 @@ impl StateDir {
         self.read_opt("last-good.toml")
     }
 
-    pub fn set_last_good(&self, text: &str) -> Result<(), StateError> {
-        self.write_atomic("last-good.toml", text.as_bytes())
+    /// Where the last good policy came from (its file), so errors and `explain`
+    /// name the operator's file rather than the stored copy. The copy is kept
+    /// verbatim, so its line numbers are the original's.
+    pub fn last_good_source(&self) -> Result<String, StateError> {
+        Ok(self
+            .read_opt("last-good.source")?
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| self.file("last-good.toml").display().to_string()))
+    }
+
+    pub fn set_last_good(&self, text: &str, source: &str) -> Result<(), StateError> {
+        self.write_atomic("last-good.toml", text.as_bytes())?;
+        self.write_atomic("last-good.source", source.as_bytes())
     }
 
     pub fn clear_last_good(&self) -> Result<(), StateError> {
-        self.remove("last-good.toml")
+        self.remove("last-good.toml")?;
+        self.remove("last-good.source")
     }
 
     pub fn pending(&self) -> Result<Option<Pending>, StateError> {
@@ -220,7 +233,10 @@ mod tests {
         let s = StateDir::open(dir.path()).unwrap();
         assert_eq!(s.last_good().unwrap(), None);
         assert_eq!(s.pending().unwrap(), None);
-        s.set_last_good("management = []\n").unwrap();
+        assert!(s.last_good_source().unwrap().ends_with("last-good.toml"));
+        s.set_last_good("management = []\n", "/etc/palisade/agent.toml")
+            .unwrap();
+        assert_eq!(s.last_good_source().unwrap(), "/etc/palisade/agent.toml");
         assert_eq!(s.last_good().unwrap().as_deref(), Some("management = []\n"));
         let p = Pending {
             id: "x".into(),
