@@ -51,7 +51,9 @@ impl<'a> AgentHost<'a> {
     }
 
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        self.command(args).output().context("cannot run palisade-agent")
+        self.command(args)
+            .output()
+            .context("cannot run palisade-agent")
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -89,7 +91,10 @@ impl<'a> AgentHost<'a> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.table_json()?.is_none() {
             if Instant::now() > deadline {
-                bail!("the agent did not load its table within 10 s: {}", self.daemon_log());
+                bail!(
+                    "the agent did not load its table within 10 s: {}",
+                    self.daemon_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -108,7 +113,10 @@ impl<'a> AgentHost<'a> {
 
 /// `nft -j list table FAMILY NAME` in a namespace, `None` when absent.
 pub fn table_json(ns: &Netns, family: &str, name: &str) -> Result<Option<String>> {
-    let out = ns.command("nft").args(["-j", "list", "table", family, name]).output()?;
+    let out = ns
+        .command("nft")
+        .args(["-j", "list", "table", family, name])
+        .output()?;
     if out.status.success() {
         Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
     } else {

@@ -2,7 +2,10 @@
 //! judged by real TCP and UDP probes from client namespaces in every zone.
 
 use anyhow::Result;
-use palisade_tests::{probe, probe_all, require_root_tools, structure, table_json, AgentHost, Lab, Listener, ProbeSpec, Proto, UdpFlow};
+use palisade_tests::{
+    probe, probe_all, require_root_tools, structure, table_json, AgentHost, Lab, Listener,
+    ProbeSpec, Proto, UdpFlow,
+};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -58,10 +61,15 @@ const PORTS: [(Proto, u16); 19] = [
 /// from the code under test.
 fn expected(zone: &str, proto: Proto, port: u16) -> bool {
     use Proto::*;
-    let voip = matches!((proto, port), (Udp, 5060) | (Tcp, 5060) | (Tcp, 5061) | (Udp, 4569))
-        || (proto == Udp && (10000..=20000).contains(&port));
+    let voip = matches!(
+        (proto, port),
+        (Udp, 5060) | (Tcp, 5060) | (Tcp, 5061) | (Udp, 4569)
+    ) || (proto == Udp && (10000..=20000).contains(&port));
     let portal = matches!((proto, port), (Tcp, 81) | (Tcp, 4443) | (Tcp, 8089));
-    let lan_only = matches!((proto, port), (Tcp, 22) | (Tcp, 80) | (Tcp, 443) | (Tcp, 83) | (Udp, 69));
+    let lan_only = matches!(
+        (proto, port),
+        (Tcp, 22) | (Tcp, 80) | (Tcp, 443) | (Tcp, 83) | (Udp, 69)
+    );
     match zone {
         "trusted" => true,
         "local" => voip || portal || lan_only,
@@ -91,14 +99,26 @@ fn default_policy_every_zone_and_service_cell_v4_and_v6() -> Result<()> {
     for client in &lab.clients {
         for addr in client.pbx_addrs() {
             for (proto, port) in PORTS {
-                specs.push(ProbeSpec::new(&client.ns, proto, SocketAddr::new(addr, port)));
-                cells.push((client.name.as_str(), client.addrs()[usize::from(addr.is_ipv6())], proto, port));
+                specs.push(ProbeSpec::new(
+                    &client.ns,
+                    proto,
+                    SocketAddr::new(addr, port),
+                ));
+                cells.push((
+                    client.name.as_str(),
+                    client.addrs()[usize::from(addr.is_ipv6())],
+                    proto,
+                    port,
+                ));
             }
         }
     }
     // Without the agent everything answers: a dropped probe later means the firewall.
     let open = probe_all(&specs, Duration::from_secs(2));
-    assert!(open.iter().all(|ok| *ok), "the lab must answer on every port before the agent runs");
+    assert!(
+        open.iter().all(|ok| *ok),
+        "the lab must answer on every port before the agent runs"
+    );
 
     let policy = agent.write("zones.toml", ZONE_POLICY)?;
     agent.apply(&policy)?;
@@ -106,22 +126,38 @@ fn default_policy_every_zone_and_service_cell_v4_and_v6() -> Result<()> {
     let mut wrong = Vec::new();
     for ((zone, from, proto, port), got) in cells.iter().zip(&results) {
         if *got != expected(zone, *proto, *port) {
-            wrong.push(format!("{zone} {from} -> {port}/{}: got {got}", proto_name(*proto)));
+            wrong.push(format!(
+                "{zone} {from} -> {port}/{}: got {got}",
+                proto_name(*proto)
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} cells wrong:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} cells wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     assert_eq!(results.len(), 5 * 2 * PORTS.len());
 
     // `explain` agrees with the kernel on every cell.
     let mut disagree = Vec::new();
     for ((zone, from, proto, port), got) in cells.iter().zip(&results) {
-        let out = agent.ok(&["explain", &from.to_string(), &format!("{port}/{}", proto_name(*proto))])?;
+        let out = agent.ok(&[
+            "explain",
+            &from.to_string(),
+            &format!("{port}/{}", proto_name(*proto)),
+        ])?;
         let says_allowed = out.contains("ALLOWED");
         if says_allowed != *got {
             disagree.push(format!("{zone}: {}", out.trim()));
         }
     }
-    assert!(disagree.is_empty(), "explain disagrees with the kernel:\n{}", disagree.join("\n"));
+    assert!(
+        disagree.is_empty(),
+        "explain disagrees with the kernel:\n{}",
+        disagree.join("\n")
+    );
 
     // Applying the same policy again changes nothing at all.
     let before = agent.table_json()?.expect("table loaded");
@@ -146,7 +182,10 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn ban_cuts_a_live_flow_and_dynamic_elements_expire_on_time() -> Result<()> {
     require_root_tools()?;
     let lab = Lab::new("dyn", &[("internet", "z-inet")])?;
-    let _services = Listener::start(&lab.pbx, &[(Proto::Udp, 5060), (Proto::Tcp, 22), (Proto::Udp, 5061)])?;
+    let _services = Listener::start(
+        &lab.pbx,
+        &[(Proto::Udp, 5060), (Proto::Tcp, 22), (Proto::Udp, 5061)],
+    )?;
     let agent = AgentHost::new(&lab.pbx)?;
     // SIP over UDP for the LAN only, so known-good visibly changes the outcome.
     let policy = agent.write("p.toml", "[[services]]\nname = \"sip-udp\"\nzones = [\"local\"]\n[[services]]\nname = \"sip5061\"\nports = [\"5061/udp\"]\nzones = [\"internet\"]\n")?;
@@ -156,33 +195,105 @@ fn ban_cuts_a_live_flow_and_dynamic_elements_expire_on_time() -> Result<()> {
     for (addr, pbx) in c.addrs().into_iter().zip(c.pbx_addrs()) {
         // A UDP flow with a live conntrack entry is cut by a ban at once.
         let flow = UdpFlow::new(&c.ns, SocketAddr::new(pbx, 5061))?;
-        assert!(flow.exchange(Duration::from_secs(1)), "flow works before the ban");
+        assert!(
+            flow.exchange(Duration::from_secs(1)),
+            "flow works before the ban"
+        );
         assert!(flow.exchange(Duration::from_secs(1)));
-        agent.ok(&["set", "add", "ban", &addr.to_string(), "--timeout", "3s", "--comment", "e2e ban"])?;
+        agent.ok(&[
+            "set",
+            "add",
+            "ban",
+            &addr.to_string(),
+            "--timeout",
+            "3s",
+            "--comment",
+            "e2e ban",
+        ])?;
         let banned_at = Instant::now();
-        assert!(!flow.exchange(DROP_TIMEOUT), "{addr}: the ban must cut the established flow");
+        assert!(
+            !flow.exchange(DROP_TIMEOUT),
+            "{addr}: the ban must cut the established flow"
+        );
         let show = agent.ok(&["show"])?;
-        assert!(show.contains(&addr.to_string()) && show.contains("e2e ban"), "{show}");
+        assert!(
+            show.contains(&addr.to_string()) && show.contains("e2e ban"),
+            "{show}"
+        );
         let explain = agent.ok(&["explain", &addr.to_string(), "5061/udp"])?;
         assert!(explain.contains("BLOCKED at stage bans"), "{explain}");
         // ...and expires on time: not before 2 s, by 5 s.
-        assert!(!wait_until(Duration::from_millis(1800), || flow.exchange(Duration::from_millis(150))));
-        assert!(wait_until(Duration::from_secs(4), || flow.exchange(Duration::from_millis(200))), "ban did not expire");
+        assert!(!wait_until(Duration::from_millis(1800), || flow
+            .exchange(Duration::from_millis(150))));
+        assert!(
+            wait_until(Duration::from_secs(4), || flow
+                .exchange(Duration::from_millis(200))),
+            "ban did not expire"
+        );
         let lifetime = banned_at.elapsed();
-        assert!(lifetime >= Duration::from_secs(2) && lifetime < Duration::from_secs(6), "{lifetime:?}");
+        assert!(
+            lifetime >= Duration::from_secs(2) && lifetime < Duration::from_secs(6),
+            "{lifetime:?}"
+        );
 
         // Known-good opens the PBX's signalling while it lives.
         let sip = SocketAddr::new(pbx, 5060);
-        assert!(!probe(&c.ns, Proto::Udp, sip, DROP_TIMEOUT), "SIP is LAN-only here");
-        agent.ok(&["set", "add", "known-good", &addr.to_string(), "--timeout", "2s"])?;
-        assert!(probe(&c.ns, Proto::Udp, sip, Duration::from_secs(1)), "known-good gets SIP");
-        assert!(!probe(&c.ns, Proto::Tcp, SocketAddr::new(pbx, 22), DROP_TIMEOUT), "known-good does not get SSH");
-        assert!(wait_until(Duration::from_secs(5), || !probe(&c.ns, Proto::Udp, sip, Duration::from_millis(200))), "known-good did not expire");
+        assert!(
+            !probe(&c.ns, Proto::Udp, sip, DROP_TIMEOUT),
+            "SIP is LAN-only here"
+        );
+        agent.ok(&[
+            "set",
+            "add",
+            "known-good",
+            &addr.to_string(),
+            "--timeout",
+            "2s",
+        ])?;
+        assert!(
+            probe(&c.ns, Proto::Udp, sip, Duration::from_secs(1)),
+            "known-good gets SIP"
+        );
+        assert!(
+            !probe(&c.ns, Proto::Tcp, SocketAddr::new(pbx, 22), DROP_TIMEOUT),
+            "known-good does not get SSH"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || !probe(
+                &c.ns,
+                Proto::Udp,
+                sip,
+                Duration::from_millis(200)
+            )),
+            "known-good did not expire"
+        );
 
         // A per-user grant opens exactly one port for exactly one address.
-        agent.ok(&["grant", "add", &addr.to_string(), "22/tcp", "--timeout", "2s", "--comment", "ext 333"])?;
-        assert!(probe(&c.ns, Proto::Tcp, SocketAddr::new(pbx, 22), Duration::from_secs(1)));
-        assert!(wait_until(Duration::from_secs(5), || !probe(&c.ns, Proto::Tcp, SocketAddr::new(pbx, 22), Duration::from_millis(200))), "grant did not expire");
+        agent.ok(&[
+            "grant",
+            "add",
+            &addr.to_string(),
+            "22/tcp",
+            "--timeout",
+            "2s",
+            "--comment",
+            "ext 333",
+        ])?;
+        assert!(probe(
+            &c.ns,
+            Proto::Tcp,
+            SocketAddr::new(pbx, 22),
+            Duration::from_secs(1)
+        ));
+        assert!(
+            wait_until(Duration::from_secs(5), || !probe(
+                &c.ns,
+                Proto::Tcp,
+                SocketAddr::new(pbx, 22),
+                Duration::from_millis(200)
+            )),
+            "grant did not expire"
+        );
     }
     // Removing an element that is not there is a clear error.
     let err = agent.fails(&["set", "del", "ban", "192.0.2.99"])?;
@@ -217,18 +328,34 @@ fn a_rejected_policy_leaves_the_ruleset_byte_identical() -> Result<()> {
     // A transaction nft itself rejects (a rule naming a set that does not
     // exist) is atomic too: nothing of it lands.
     use palisade_agent::ruleset::{plan, render, DynMode, LiveTable, Nft};
-    let nft = Nft::with_command("ip", vec!["netns".into(), "exec".into(), lab.pbx.name().into(), "nft".into()]);
-    let mut policy = palisade_model::parse_policy("management = [\"192.0.2.1\"]\n", "changed.toml")?;
+    let nft = Nft::with_command(
+        "ip",
+        vec![
+            "netns".into(),
+            "exec".into(),
+            lab.pbx.name().into(),
+            "nft".into(),
+        ],
+    );
+    let mut policy =
+        palisade_model::parse_policy("management = [\"192.0.2.1\"]\n", "changed.toml")?;
     policy.services.retain(|s| s.name != "ssh");
     let live = LiveTable::parse(&before)?;
-    let mut planned = plan(&render(&policy), Some(&live), &Default::default(), DynMode::Merge);
+    let mut planned = plan(
+        &render(&policy),
+        Some(&live),
+        &Default::default(),
+        DynMode::Merge,
+    );
     let mut objects = planned.batch.objects.to_vec();
     let poison: nftables::schema::NfObject = serde_json::from_str(
         r#"{"add":{"rule":{"family":"inet","table":"palisade","chain":"input","expr":[{"match":{"op":"==","left":{"payload":{"protocol":"ip","field":"saddr"}},"right":"@no_such_set"}},{"drop":null}]}}}"#,
     )?;
     objects.push(poison);
     planned.batch.objects = objects.into();
-    let err = nft.apply(&planned.batch).expect_err("nft must reject the batch");
+    let err = nft
+        .apply(&planned.batch)
+        .expect_err("nft must reject the batch");
     assert!(err.to_string().contains("nothing was changed"), "{err}");
     assert_eq!(agent.table_json()?.expect("still loaded"), before);
     Ok(())
@@ -246,18 +373,33 @@ fn an_unconfirmed_apply_rolls_back_and_a_confirmed_one_stays() -> Result<()> {
     let a = agent.table_json()?.expect("loaded");
     assert!(!probe(&c.ns, Proto::Tcp, ssh, DROP_TIMEOUT));
 
-    let b = agent.write("b.toml", "[[services]]\nname = \"ssh\"\nzones = [\"local\", \"internet\"]\n")?;
+    let b = agent.write(
+        "b.toml",
+        "[[services]]\nname = \"ssh\"\nzones = [\"local\", \"internet\"]\n",
+    )?;
     let out = agent.ok(&["apply", b.to_str().unwrap(), "--confirm-within", "2s"])?;
     assert!(out.contains("confirm"), "{out}");
-    assert!(probe(&c.ns, Proto::Tcp, ssh, Duration::from_secs(1)), "the new policy is in force while pending");
+    assert!(
+        probe(&c.ns, Proto::Tcp, ssh, Duration::from_secs(1)),
+        "the new policy is in force while pending"
+    );
     assert!(agent.ok(&["show"])?.contains("pending change"));
     // Nobody confirms: the detached watchdog restores the previous ruleset.
     assert!(
-        wait_until(Duration::from_secs(6), || !probe(&c.ns, Proto::Tcp, ssh, Duration::from_millis(200))),
+        wait_until(Duration::from_secs(6), || !probe(
+            &c.ns,
+            Proto::Tcp,
+            ssh,
+            Duration::from_millis(200)
+        )),
         "not rolled back"
     );
     let rolled = agent.table_json()?.expect("loaded");
-    let marker = |j: &str| j.split("palisade schema=").nth(1).map(|s| s[..40].to_string());
+    let marker = |j: &str| {
+        j.split("palisade schema=")
+            .nth(1)
+            .map(|s| s[..40].to_string())
+    };
     assert_eq!(marker(&rolled), marker(&a), "the previous policy is back");
     let err = agent.fails(&["confirm"])?;
     assert!(err.contains("nothing is waiting"), "{err}");
@@ -268,7 +410,10 @@ fn an_unconfirmed_apply_rolls_back_and_a_confirmed_one_stays() -> Result<()> {
     agent.ok(&["apply", b.to_str().unwrap(), "--confirm-within", "2s"])?;
     agent.ok(&["confirm"])?;
     std::thread::sleep(Duration::from_secs(3));
-    assert!(probe(&c.ns, Proto::Tcp, ssh, Duration::from_secs(1)), "a confirmed change is kept");
+    assert!(
+        probe(&c.ns, Proto::Tcp, ssh, Duration::from_secs(1)),
+        "a confirmed change is kept"
+    );
     let last_good = std::fs::read_to_string(agent.state_dir().join("last-good.toml"))?;
     assert!(last_good.contains("internet"), "{last_good}");
     Ok(())
@@ -305,7 +450,11 @@ fn foreign_tables_are_never_touched() -> Result<()> {
     let out = agent.ok(&["disable", "--uninstall"])?;
     assert!(out.contains("removed"), "{out}");
     assert!(agent.table_json()?.is_none(), "our table is gone");
-    assert_eq!(snapshot()?, before, "foreign tables survive the uninstall byte for byte");
+    assert_eq!(
+        snapshot()?,
+        before,
+        "foreign tables survive the uninstall byte for byte"
+    );
     Ok(())
 }
 
@@ -327,20 +476,42 @@ fn a_killed_agent_leaves_its_rules_and_restores_the_last_good_policy() -> Result
     daemon.kill()?;
     let now = || structure(&agent.table_json().unwrap().expect("loaded"));
     assert!(now() == loaded, "SIGKILL leaves the table as it was");
-    assert!(!probe(&c.ns, Proto::Tcp, ssh, DROP_TIMEOUT), "still enforced after the kill");
+    assert!(
+        !probe(&c.ns, Proto::Tcp, ssh, DROP_TIMEOUT),
+        "still enforced after the kill"
+    );
     assert!(probe(&c.ns, Proto::Udp, sip, Duration::from_secs(1)));
 
     // A restart with a broken config keeps the last good policy in force.
-    std::fs::write(agent.config_path(), "[agent]\ncheck_interval = \"1s\"\n[zones.dmz]\n")?;
+    std::fs::write(
+        agent.config_path(),
+        "[agent]\ncheck_interval = \"1s\"\n[zones.dmz]\n",
+    )?;
     let mut daemon = agent.start_daemon()?;
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(daemon.is_running(), "a broken config does not stop the daemon: {}", agent.daemon_log());
-    assert!(agent.daemon_log().contains("config rejected"), "{}", agent.daemon_log());
+    assert!(
+        daemon.is_running(),
+        "a broken config does not stop the daemon: {}",
+        agent.daemon_log()
+    );
+    assert!(
+        agent.daemon_log().contains("config rejected"),
+        "{}",
+        agent.daemon_log()
+    );
     assert!(now() == loaded, "the last good policy stays in force");
 
     // Someone deletes our table behind the agent's back: the periodic check repairs it.
-    lab.pbx.run("nft", &["delete", "table", "inet", "palisade"])?;
-    assert!(wait_until(Duration::from_secs(5), || agent.table_json().ok().flatten().is_some()), "not repaired");
+    lab.pbx
+        .run("nft", &["delete", "table", "inet", "palisade"])?;
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .table_json()
+            .ok()
+            .flatten()
+            .is_some()),
+        "not repaired"
+    );
     daemon.kill()?;
     Ok(())
 }
@@ -354,7 +525,9 @@ fn ssh_sessions_open_at_first_start_stay_reachable() -> Result<()> {
     let listener = lab.pbx.enter(|| std::net::TcpListener::bind("[::]:22"))?;
     let admin = lab.client("admin");
     let target = SocketAddr::new(admin.pbx_addrs()[0], 22);
-    let session = admin.ns.enter(|| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)))?;
+    let session = admin
+        .ns
+        .enter(|| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)))?;
     let (held, _) = listener.accept()?;
     listener.set_nonblocking(true)?;
     std::thread::spawn(move || loop {
@@ -364,8 +537,16 @@ fn ssh_sessions_open_at_first_start_stay_reachable() -> Result<()> {
 
     agent.apply(&agent.write("p.toml", "")?)?;
     let stranger = lab.client("stranger");
-    assert!(!probe(&stranger.ns, Proto::Tcp, SocketAddr::new(stranger.pbx_addrs()[0], 22), DROP_TIMEOUT));
-    assert!(probe(&admin.ns, Proto::Tcp, target, Duration::from_secs(1)), "the admin can open a new session");
+    assert!(!probe(
+        &stranger.ns,
+        Proto::Tcp,
+        SocketAddr::new(stranger.pbx_addrs()[0], 22),
+        DROP_TIMEOUT
+    ));
+    assert!(
+        probe(&admin.ns, Proto::Tcp, target, Duration::from_secs(1)),
+        "the admin can open a new session"
+    );
     let explain = agent.ok(&["explain", &admin.addrs()[0].to_string(), "22/tcp"])?;
     assert!(explain.contains("ALLOWED at stage management"), "{explain}");
     drop((session, held));
