@@ -77,6 +77,14 @@ impl LiveTable {
         Ok(live)
     }
 
+    /// The schema version written in the marker, if any.
+    pub fn schema(&self) -> Option<u32> {
+        self.marker
+            .as_deref()?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("schema=")?.parse().ok())
+    }
+
     pub fn rule_count(&self, chain: &str) -> usize {
         self.chains.get(chain).map(Vec::len).unwrap_or(0)
     }

@@ -187,12 +187,6 @@ fn dynamic_by_set(state: &DynamicState) -> BTreeMap<String, Vec<(String, Express
     out
 }
 
-fn schema_of(marker: Option<&str>) -> Option<u32> {
-    marker?
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("schema=")?.parse().ok())
-}
-
 fn add_all_static(batch: &mut Batch<'static>, desired: &Desired) {
     for chain in &desired.chains {
         batch.add(NfListObject::Chain(chain_object(
@@ -215,6 +209,11 @@ fn add_all_static(batch: &mut Batch<'static>, desired: &Desired) {
 }
 
 /// Plans the transaction that makes the live table match `desired` plus `dynamic`.
+///
+/// `live.sets` must hold the elements of every set whose contents matter: the
+/// static sets, the dynamic sets `dynamic` has elements for (every dynamic set in
+/// [`DynMode::Replace`]), and all of them when the live schema is not [`SCHEMA`]
+/// (see [`needed_sets`]). Other sets may be listed without their elements.
 pub fn plan(
     desired: &Desired,
     live: Option<&LiveTable>,
@@ -223,7 +222,7 @@ pub fn plan(
 ) -> Plan {
     let mut batch = Batch::new();
     let mut summary = PlanSummary::default();
-    let rebuild = live.is_some_and(|l| schema_of(l.marker.as_deref()) != Some(SCHEMA));
+    let rebuild = live.is_some_and(|l| l.schema() != Some(SCHEMA));
     let mut wanted = dynamic_by_set(dynamic);
     let mut live_keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
 
@@ -272,7 +271,12 @@ pub fn plan(
             }
             add_all_static(&mut batch, desired);
         }
-        for spec in desired.sets.iter().filter(|s| s.role != SetRole::Static) {
+        let needed = needed_sets(desired, dynamic, mode);
+        for spec in desired
+            .sets
+            .iter()
+            .filter(|s| s.role != SetRole::Static && needed.contains(&s.name))
+        {
             let keys = live
                 .sets
                 .get(&spec.name)
@@ -342,6 +346,21 @@ pub fn plan(
         batch: batch.to_nftables(),
         summary,
     }
+}
+
+/// The sets whose live elements [`plan`] compares, for a live table of the
+/// current schema: static sets, and the dynamic sets with wanted elements (all
+/// of them when replacing).
+pub fn needed_sets(desired: &Desired, dynamic: &DynamicState, mode: DynMode) -> BTreeSet<String> {
+    let wanted = dynamic_by_set(dynamic);
+    desired
+        .sets
+        .iter()
+        .filter(|s| {
+            s.role == SetRole::Static || mode == DynMode::Replace || wanted.contains_key(&s.name)
+        })
+        .map(|s| s.name.clone())
+        .collect()
 }
 
 /// Rebuilds an element value from its comparison key (`addr` or `addr . proto . port`).
