@@ -553,3 +553,40 @@ fn ssh_sessions_open_at_first_start_stay_reachable() -> Result<()> {
     let _: IpAddr = admin.addrs()[0];
     Ok(())
 }
+
+#[test]
+fn the_daemon_serves_prometheus_metrics() -> Result<()> {
+    use std::io::{Read, Write};
+    require_root_tools()?;
+    let lab = Lab::new("metrics", &[("internet", "z-inet")])?;
+    let agent = AgentHost::new(&lab.pbx)?;
+    std::fs::write(
+        agent.config_path(),
+        "[agent]\nmetrics_listen = \"127.0.0.1:9464\"\n",
+    )?;
+    let mut cmd = agent.command(&["run"]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _daemon = lab.pbx.spawn(cmd)?;
+    let scrape = || -> Option<String> {
+        let mut s = lab
+            .pbx
+            .enter(|| std::net::TcpStream::connect("127.0.0.1:9464"))
+            .ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).ok()?;
+        Some(body)
+    };
+    let mut body = String::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            body = scrape().unwrap_or_default();
+            body.contains("palisade_ruleset_applies_total")
+        }),
+        "no metrics: {body}"
+    );
+    assert!(body.contains("palisade_nft_transaction_seconds"), "{body}");
+    Ok(())
+}
