@@ -135,35 +135,13 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
                 }
             }
             Stage::Blocked => {
-                if let Some(net) = policy.network_of(Zone::Blocked, addr) {
-                    return verdict(
-                        Decision::Drop,
-                        stage,
-                        format!("zone blocked: network {} ({})", net.value, net.origin),
-                    );
-                }
-                if let Some(e) = dynamic.find(DynSet::Resolved(Zone::Blocked), addr) {
-                    return verdict(
-                        Decision::Drop,
-                        stage,
-                        format!("zone blocked: resolved name{}", element_note(e)),
-                    );
+                if let Some(how) = assigned(policy, dynamic, Zone::Blocked, addr) {
+                    return verdict(Decision::Drop, stage, format!("zone blocked: {how}"));
                 }
             }
             Stage::Trusted => {
-                if let Some(net) = policy.network_of(Zone::Trusted, addr) {
-                    return verdict(
-                        Decision::Accept,
-                        stage,
-                        format!("zone trusted: network {} ({})", net.value, net.origin),
-                    );
-                }
-                if let Some(e) = dynamic.find(DynSet::Resolved(Zone::Trusted), addr) {
-                    return verdict(
-                        Decision::Accept,
-                        stage,
-                        format!("zone trusted: resolved name{}", element_note(e)),
-                    );
+                if let Some(how) = assigned(policy, dynamic, Zone::Trusted, addr) {
+                    return verdict(Decision::Accept, stage, format!("zone trusted: {how}"));
                 }
             }
             Stage::KnownGood => {
@@ -227,18 +205,21 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
     unreachable!("the zones stage always decides")
 }
 
-fn zone_verdict(policy: &Policy, dynamic: &DynamicState, q: &Query, addr: IpAddr) -> Verdict {
-    let mut found = None;
-    for zone in Zone::FILTERED {
-        if let Some(net) = policy.network_of(zone, addr) {
-            found = Some((zone, format!("network {} ({})", net.value, net.origin)));
-            break;
-        }
-        if let Some(e) = dynamic.find(DynSet::Resolved(zone), addr) {
-            found = Some((zone, format!("resolved name{}", element_note(e))));
-            break;
-        }
+/// How `addr` is assigned to `zone` by a configured network or a resolved
+/// name, in the order the ruleset checks them.
+fn assigned(policy: &Policy, dynamic: &DynamicState, zone: Zone, addr: IpAddr) -> Option<String> {
+    if let Some(net) = policy.network_of(zone, addr) {
+        return Some(format!("network {} ({})", net.value, net.origin));
     }
+    dynamic
+        .find(DynSet::Resolved(zone), addr)
+        .map(|e| format!("resolved name{}", element_note(e)))
+}
+
+fn zone_verdict(policy: &Policy, dynamic: &DynamicState, q: &Query, addr: IpAddr) -> Verdict {
+    let mut found = Zone::FILTERED
+        .into_iter()
+        .find_map(|zone| Some((zone, assigned(policy, dynamic, zone, addr)?)));
     if found.is_none() {
         if let Some(iface) = q.iface.as_deref() {
             for zone in [
