@@ -7,6 +7,7 @@
 pub mod config;
 pub mod dynamic;
 pub mod explain;
+pub mod facts;
 pub mod net;
 pub mod pipeline;
 pub mod policy;
@@ -16,6 +17,10 @@ pub mod zone;
 pub use config::{parse_policy, ConfigError};
 pub use dynamic::{DynSet, DynamicState, Grant, TimedAddr};
 pub use explain::{explain, Decision, Query, Verdict};
+pub use facts::{
+    DiscoveryError, ListenPort, PbxFacts, PbxKind, Peer, PeerTarget, Provenance, RtpRange,
+    Transport,
+};
 pub use net::Family;
 pub use pipeline::{Stage, INPUT_PIPELINE};
 pub use policy::{Lockout, Origin, Policy, Sourced, ZoneMembers};
