@@ -3,6 +3,7 @@
 //! from ever being locked out.
 
 pub mod cli;
+pub mod discover;
 pub mod engine;
 pub mod lockout;
 pub mod ruleset;
