@@ -274,6 +274,7 @@ fn validate(doc: &Doc<'_>, raw: RawPolicy) -> Result<Policy, ConfigError> {
         zones,
         services,
         lockout,
+        discovered: None,
     })
 }
 
@@ -350,6 +351,7 @@ fn validate_services(doc: &Doc<'_>, raw: Vec<RawService>) -> Result<Vec<Service>
                 .expect("built-in");
             if let Some(ports) = ports {
                 service.ports = ports;
+                service.ports_configured = true;
             }
             if let Some(zones) = zones {
                 service.zones = zones;
@@ -374,6 +376,7 @@ fn validate_services(doc: &Doc<'_>, raw: Vec<RawService>) -> Result<Vec<Service>
                 ports,
                 zones: zones.unwrap_or_default(),
                 voip: rs.voip.unwrap_or(false),
+                ports_configured: true,
             });
         }
     }

@@ -20,16 +20,19 @@ pub enum DynSet {
     SharedBan,
     /// Sources with a live successful registration.
     KnownGood,
+    /// Addresses of trunk peers named by host name in the PBX's configuration.
+    Trunk,
     /// Addresses of the host names assigned to a zone.
     Resolved(Zone),
 }
 
 impl DynSet {
-    pub const ALL: [DynSet; 9] = [
+    pub const ALL: [DynSet; 10] = [
         DynSet::MgmtSession,
         DynSet::Ban,
         DynSet::SharedBan,
         DynSet::KnownGood,
+        DynSet::Trunk,
         DynSet::Resolved(Zone::Trusted),
         DynSet::Resolved(Zone::Local),
         DynSet::Resolved(Zone::Other),
@@ -44,6 +47,7 @@ impl DynSet {
             DynSet::Ban => "ban".into(),
             DynSet::SharedBan => "ban_shared".into(),
             DynSet::KnownGood => "known_good".into(),
+            DynSet::Trunk => "trunk_dyn".into(),
             DynSet::Resolved(zone) => format!("zone_{zone}_dyn"),
         }
     }

@@ -74,6 +74,55 @@ fn element_note(e: &TimedAddr) -> String {
     s
 }
 
+/// Trunks and known-good sources get the VoIP services: per service when no
+/// port was asked, accepted when the port is one of them, and on to the next
+/// stage otherwise.
+fn voip_verdict(policy: &Policy, q: &Query, stage: Stage, who: String) -> Option<Verdict> {
+    let voip = policy.services.iter().filter(|s| s.voip);
+    let base = Verdict {
+        decision: Decision::PerService,
+        stage,
+        zone: None,
+        reason: who,
+        open_services: Vec::new(),
+    };
+    match q.port {
+        None => Some(Verdict {
+            open_services: voip.map(|s| s.name.clone()).collect(),
+            ..base
+        }),
+        Some((proto, port)) => {
+            let s = voip.clone().find(|s| s.matches(proto, port))?;
+            Some(Verdict {
+                decision: Decision::Accept,
+                reason: format!("{}, service {}", base.reason, s.name),
+                ..base
+            })
+        }
+    }
+}
+
+/// The trunk `addr` belongs to: written as an address or network in the PBX's
+/// configuration, or a resolved address of a trunk's host name.
+fn trunk_of(policy: &Policy, dynamic: &DynamicState, addr: IpAddr) -> Option<String> {
+    if let Some(peer) = policy.peer_of(addr) {
+        return Some(format!(
+            "trunk \"{}\" ({} {})",
+            peer.name, peer.provenance, peer.target
+        ));
+    }
+    let e = dynamic.find(DynSet::Trunk, addr)?;
+    let host = e.comment.as_deref().unwrap_or_default();
+    let note = element_note(e);
+    Some(match policy.peers_named(host).next() {
+        Some(peer) => format!(
+            "trunk \"{}\" ({} {host} -> {addr}){note}",
+            peer.name, peer.provenance
+        ),
+        None => format!("set trunk_dyn: resolved trunk address{note}"),
+    })
+}
+
 /// Walks [`INPUT_PIPELINE`] for `q` over the policy and the live dynamic sets.
 pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
     let addr = crate::net::canonical(q.addr);
@@ -83,14 +132,6 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
         zone: None,
         reason,
         open_services: Vec::new(),
-    };
-    let service_matching = |zone_ok: &dyn Fn(&crate::Service) -> bool| -> Option<String> {
-        let (proto, port) = q.port?;
-        policy
-            .services
-            .iter()
-            .find(|s| zone_ok(s) && s.matches(proto, port))
-            .map(|s| s.name.clone())
     };
     for stage in INPUT_PIPELINE {
         match stage {
@@ -144,37 +185,18 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
                     return verdict(Decision::Accept, stage, format!("zone trusted: {how}"));
                 }
             }
+            Stage::Trunks => {
+                if let Some(who) = trunk_of(policy, dynamic, addr) {
+                    if let Some(v) = voip_verdict(policy, q, stage, who) {
+                        return v;
+                    }
+                }
+            }
             Stage::KnownGood => {
                 if let Some(e) = dynamic.find(DynSet::KnownGood, addr) {
-                    let voip: Vec<String> = policy
-                        .services
-                        .iter()
-                        .filter(|s| s.voip)
-                        .map(|s| s.name.clone())
-                        .collect();
-                    match q.port {
-                        None => {
-                            return Verdict {
-                                open_services: voip,
-                                ..verdict(
-                                    Decision::PerService,
-                                    stage,
-                                    format!("set known_good: registered source{}", element_note(e)),
-                                )
-                            }
-                        }
-                        Some(_) => {
-                            if let Some(s) = service_matching(&|s| s.voip) {
-                                return verdict(
-                                    Decision::Accept,
-                                    stage,
-                                    format!(
-                                        "set known_good: registered source{}, service {s}",
-                                        element_note(e)
-                                    ),
-                                );
-                            }
-                        }
+                    let who = format!("set known_good: registered source{}", element_note(e));
+                    if let Some(v) = voip_verdict(policy, q, stage, who) {
+                        return v;
                     }
                 }
             }

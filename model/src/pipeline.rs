@@ -20,6 +20,9 @@ pub enum Stage {
     Icmp,
     /// Trusted networks and names: everything open.
     Trusted,
+    /// Trunks and branch offices found in the PBX's configuration get its
+    /// signalling and media.
+    Trunks,
     /// Sources with a live registration get the PBX's signalling and media.
     KnownGood,
     /// Per-user grants: one service opened for one registered address.
@@ -29,7 +32,7 @@ pub enum Stage {
 }
 
 /// The input chain, first to last; anything that falls through is dropped.
-pub const INPUT_PIPELINE: [Stage; 10] = [
+pub const INPUT_PIPELINE: [Stage; 11] = [
     Stage::Loopback,
     Stage::Management,
     Stage::Bans,
@@ -37,6 +40,7 @@ pub const INPUT_PIPELINE: [Stage; 10] = [
     Stage::Established,
     Stage::Icmp,
     Stage::Trusted,
+    Stage::Trunks,
     Stage::KnownGood,
     Stage::Grants,
     Stage::Zones,
@@ -52,6 +56,7 @@ impl Stage {
             Stage::Established => "established",
             Stage::Icmp => "icmp",
             Stage::Trusted => "trusted",
+            Stage::Trunks => "trunks",
             Stage::KnownGood => "known-good",
             Stage::Grants => "grants",
             Stage::Zones => "zones",

@@ -154,6 +154,9 @@ pub struct Service {
     /// SIP and IAX2: signalling that a registered phone needs, so known-good sources
     /// get it whatever their zone, and the responsive tiers will watch it.
     pub voip: bool,
+    /// The operator wrote this service's ports; discovery then leaves them alone.
+    #[serde(default)]
+    pub ports_configured: bool,
 }
 
 impl Service {
@@ -274,6 +277,7 @@ pub fn catalogue() -> Vec<Service> {
             ports: ports.to_vec(),
             zones: zones.iter().copied().collect(),
             voip: *voip,
+            ports_configured: false,
         })
         .collect()
 }

@@ -122,6 +122,13 @@ fn all_sets() -> Vec<SetSpec> {
             set_type: single.clone(),
             flags: vec!["interval"],
         });
+        sets.push(SetSpec {
+            name: set_name("trunk", family),
+            family: Some(family),
+            role: SetRole::Static,
+            set_type: single.clone(),
+            flags: vec!["interval"],
+        });
         for zone in Zone::ALL {
             sets.push(SetSpec {
                 name: zone_set(zone, family),
@@ -341,6 +348,15 @@ fn input_rules(stage: Stage) -> Vec<RuleSpec> {
             ));
             rules
         }
+        Stage::Trunks => {
+            let mut rules = per_family("trunk", "trunk", || vec![jump(KNOWN_GOOD_CHAIN)]);
+            rules.extend(per_family(
+                &DynSet::Trunk.base_name(),
+                "trunk: resolved",
+                || vec![jump(KNOWN_GOOD_CHAIN)],
+            ));
+            rules
+        }
         Stage::KnownGood => per_family(&DynSet::KnownGood.base_name(), "known-good", || {
             vec![jump(KNOWN_GOOD_CHAIN)]
         }),
@@ -409,6 +425,9 @@ fn static_elements(policy: &Policy) -> BTreeMap<String, Vec<Expression<'static>>
     };
     for m in &policy.management {
         push_net(set_name("mgmt", Family::of_net(&m.value)), &m.value);
+    }
+    for net in policy.trunk_networks() {
+        push_net(set_name("trunk", Family::of_net(&net)), &net);
     }
     for zone in Zone::ALL {
         for n in policy.networks(zone) {
@@ -585,5 +604,40 @@ mod tests {
             rendered("[[services]]\nname = \"ssh\"\nzones = [\"other\"]\n").fingerprint
         );
         assert_eq!(json(&rendered("")), json(&rendered("")));
+    }
+}
+
+#[cfg(test)]
+mod trunk_tests {
+    use super::*;
+    use palisade_model::{parse_policy, PbxFacts, PbxKind, Peer, PeerTarget, Provenance};
+
+    #[test]
+    fn discovered_trunks_fill_the_trunk_sets_and_jump_to_voip() {
+        let peer = |t: &str| Peer {
+            name: "t".into(),
+            target: PeerTarget::Net(t.parse().unwrap()),
+            provenance: Provenance {
+                file: "f".into(),
+                line: 1,
+                section: "s".into(),
+                what: "w".into(),
+            },
+        };
+        let facts = PbxFacts {
+            kinds: vec![PbxKind::Asterisk],
+            peers: vec![peer("192.0.2.0/24"), peer("2001:db8::/64")],
+            ..Default::default()
+        };
+        let d = render(&parse_policy("", "t").unwrap().with_facts(&facts));
+        assert_eq!(
+            serde_json::to_string(&d.static_elements["trunk_v4"]).unwrap(),
+            "[{\"prefix\":{\"addr\":\"192.0.2.0\",\"len\":24}}]"
+        );
+        assert!(d.static_elements.contains_key("trunk_v6"));
+        let input = &d.chains[0].rules;
+        let pos = |c: &str| input.iter().position(|r| r.comment == c).unwrap();
+        assert!(pos("zone trusted") < pos("trunk") && pos("trunk") < pos("known-good"));
+        assert!(d.set("trunk_dyn_v4").is_some());
     }
 }
