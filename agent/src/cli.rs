@@ -253,12 +253,17 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Show => {
             let agent = agent(&settings)?;
-            let policy = current_policy(cli, &agent).ok();
+            let policy = match current_policy(cli, &agent) {
+                Ok(p) => Some(agent.effective(&p)?),
+                Err(_) => None,
+            };
             let pending = agent.state.pending()?;
             print!(
                 "{}",
                 crate::show::report(agent.live()?.as_ref(), policy.as_ref(), pending.as_ref())
             );
+            let errors = agent.state.discovery_errors()?;
+            print!("{}", crate::show::discovery(policy.as_ref(), &errors));
         }
         Command::Apply {
             file,
@@ -427,6 +432,31 @@ fn apply_config(cli: &Cli, agent: &Agent) {
     }
 }
 
+/// Reads the PBX configuration again and follows every file it read.
+fn rediscover(
+    cli: &Cli,
+    agent: &Agent,
+    settings: &AgentSettings,
+    watcher: Option<&mut crate::follow::ConfigWatcher>,
+) {
+    let policy = match current_policy(cli, agent) {
+        Ok(p) => p,
+        Err(e) => {
+            error!(error = %e, "no policy to merge discovered facts into");
+            return;
+        }
+    };
+    match agent.rediscover(&settings.discovery, &policy) {
+        Ok(found) => {
+            if let Some(w) = watcher {
+                let d = &settings.discovery;
+                w.follow(&[&d.asterisk, &d.freeswitch, &d.kamailio], &found.files);
+            }
+        }
+        Err(e) => error!(error = %e, "discovery failed"),
+    }
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let _telemetry = crate::telemetry::init("palisade-agent", "info");
     let mut settings = settings(cli)?;
@@ -452,6 +482,14 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Err(e) => error!(error = %e, "cannot restore the last good policy"),
     }
     apply_config(cli, &agent);
+    let mut watcher = match crate::follow::ConfigWatcher::new() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(error = %e, "cannot watch the PBX configuration; changes apply on SIGHUP");
+            None
+        }
+    };
+    rediscover(cli, &agent, &settings, watcher.as_mut());
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -469,6 +507,16 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the config");
                 apply_config(cli, &agent);
+                rediscover(cli, &agent, &settings, watcher.as_mut());
+            }
+            changed = async {
+                match watcher.as_mut() {
+                    Some(w) => w.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                info!(files = changed.len(), "PBX configuration changed on disk");
+                rediscover(cli, &agent, &settings, watcher.as_mut());
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -105,6 +105,7 @@ impl Agent {
     /// already matches). Dynamic elements already in the kernel are kept.
     pub fn enforce(&self, policy: &Policy) -> Result<Applied, AgentError> {
         let _span = tracing::info_span!("enforce").entered();
+        let policy = &self.effective(policy)?;
         let desired = render(policy);
         let dynamic = self.session_guard(policy)?;
         let live = self.read_live_for(&desired, &dynamic, DynMode::Merge)?;
@@ -142,6 +143,47 @@ impl Agent {
             live.sets.insert(name, elems);
         }
         Ok(Some(live))
+    }
+
+    /// The policy with the last good discovered facts merged in: what is enforced.
+    pub fn effective(&self, policy: &Policy) -> Result<Policy, AgentError> {
+        Ok(match self.state.facts()? {
+            Some(facts) => policy.clone().with_facts(&facts),
+            None => policy.clone(),
+        })
+    }
+
+    /// Reads the PBX configuration again. Clean facts that differ from the last
+    /// good ones replace them and are enforced at once; a tree with errors keeps
+    /// the last good facts (and rules) in force and reports why.
+    pub fn rediscover(
+        &self,
+        paths: &crate::discover::DiscoveryPaths,
+        policy: &Policy,
+    ) -> Result<crate::discover::Discovered, AgentError> {
+        let _span = tracing::info_span!("discover").entered();
+        let found = crate::discover::discover_all(paths);
+        self.state.set_discovery_errors(&found.errors)?;
+        if !found.is_ok() {
+            for e in &found.errors {
+                warn!(error = %e, "PBX configuration rejected; the last good facts stay in force");
+            }
+            metrics::counter!("palisade_discovery_errors_total")
+                .increment(found.errors.len() as u64);
+            return Ok(found);
+        }
+        if self.state.facts()?.as_ref() != Some(&found.facts) {
+            info!(
+                kinds = ?found.facts.kinds,
+                listen = found.facts.listen.len(),
+                peers = found.facts.peers.len(),
+                "PBX configuration changed"
+            );
+            self.state.set_facts(&found.facts)?;
+            let _lock = self.state.lock()?;
+            self.enforce(policy)?;
+        }
+        Ok(found)
     }
 
     /// Validates and applies a policy document. With `confirm_within`, the change
@@ -272,7 +314,7 @@ impl Agent {
     }
 
     pub fn live_dynamic(&self, policy: &Policy) -> Result<DynamicState, AgentError> {
-        let desired = render(policy);
+        let desired = render(&self.effective(policy)?);
         Ok(self
             .live()?
             .map(|l| l.dynamic_state(&roles(&desired)))
@@ -280,7 +322,11 @@ impl Agent {
     }
 
     pub fn explain(&self, policy: &Policy, query: &Query) -> Result<Verdict, AgentError> {
-        Ok(explain(policy, &self.live_dynamic(policy)?, query))
+        Ok(explain(
+            &self.effective(policy)?,
+            &self.live_dynamic(policy)?,
+            query,
+        ))
     }
 
     /// Runs an element-only transaction. No listing first: at 100,000 bans a

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod discover;
 pub mod engine;
+pub mod follow;
 pub mod lockout;
 pub mod ruleset;
 pub mod settings;

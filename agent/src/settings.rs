@@ -17,6 +17,8 @@ pub struct AgentSettings {
     /// How often the daemon checks the live table against the policy and repairs drift.
     #[serde(with = "humantime_serde")]
     pub check_interval: std::time::Duration,
+    /// Where the PBX configuration is read from (`[agent.discovery]`).
+    pub discovery: crate::discover::DiscoveryPaths,
 }
 
 impl Default for AgentSettings {
@@ -25,6 +27,7 @@ impl Default for AgentSettings {
             state_dir: crate::state::DEFAULT_STATE_DIR.into(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             check_interval: std::time::Duration::from_secs(30),
+            discovery: Default::default(),
         }
     }
 }

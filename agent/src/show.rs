@@ -164,3 +164,39 @@ pub fn report(
     );
     out
 }
+
+/// What discovery found, and why the last read was rejected if it was.
+pub fn discovery(policy: Option<&Policy>, errors: &[palisade_model::DiscoveryError]) -> String {
+    let mut out = String::from("\ndiscovered from the PBX configuration:\n");
+    match policy.and_then(|p| p.discovered.as_ref()) {
+        None => out.push_str("  nothing (no PBX configuration found, or discovery disabled)\n"),
+        Some(f) => {
+            let kinds: Vec<String> = f.kinds.iter().map(|k| k.to_string()).collect();
+            let _ = writeln!(out, "  pbx: {}", kinds.join(", "));
+            for l in &f.listen {
+                let _ = writeln!(
+                    out,
+                    "  listen {}/{}  ({})",
+                    l.port, l.transport, l.provenance
+                );
+            }
+            if let Some(r) = &f.rtp {
+                let _ = writeln!(out, "  rtp {}  ({})", r.range, r.provenance);
+            }
+            for p in &f.peers {
+                let _ = writeln!(
+                    out,
+                    "  trunk \"{}\" {}  ({})",
+                    p.name, p.target, p.provenance
+                );
+            }
+        }
+    }
+    if !errors.is_empty() {
+        out.push_str("  LAST READ REJECTED (the facts above stay in force):\n");
+        for e in errors {
+            let _ = writeln!(out, "    {e}");
+        }
+    }
+    out
+}

@@ -186,6 +186,28 @@ impl StateDir {
         self.write_json("first-start.json", f)
     }
 
+    /// The last facts discovery read without error: a broken PBX file never
+    /// takes working rules away, also across a restart.
+    pub fn facts(&self) -> Result<Option<palisade_model::PbxFacts>, StateError> {
+        self.read_json("facts.json")
+    }
+
+    pub fn set_facts(&self, facts: &palisade_model::PbxFacts) -> Result<(), StateError> {
+        self.write_json("facts.json", facts)
+    }
+
+    /// The errors of the latest discovery (empty when it was clean), for `show`.
+    pub fn discovery_errors(&self) -> Result<Vec<palisade_model::DiscoveryError>, StateError> {
+        Ok(self.read_json("discovery-errors.json")?.unwrap_or_default())
+    }
+
+    pub fn set_discovery_errors(
+        &self,
+        errors: &[palisade_model::DiscoveryError],
+    ) -> Result<(), StateError> {
+        self.write_json("discovery-errors.json", &errors)
+    }
+
     pub fn record_rollback(&self, r: &RollbackRecord) -> Result<(), StateError> {
         let name = "rollbacks.jsonl";
         let mut f = fs::OpenOptions::new()

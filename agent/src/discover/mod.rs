@@ -9,7 +9,47 @@ pub mod freeswitch;
 pub mod kamailio;
 
 use palisade_model::{DiscoveryError, PbxFacts};
+use serde::Deserialize;
 use std::path::PathBuf;
+
+/// Where each PBX keeps its configuration. The usual paths by default, so a
+/// stock install needs no setting; a PBX whose directory is absent is skipped.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryPaths {
+    /// Set to false to enforce only the configured policy.
+    pub enabled: bool,
+    pub asterisk: PathBuf,
+    pub freeswitch: PathBuf,
+    pub kamailio: PathBuf,
+}
+
+impl Default for DiscoveryPaths {
+    fn default() -> Self {
+        DiscoveryPaths {
+            enabled: true,
+            asterisk: "/etc/asterisk".into(),
+            freeswitch: "/etc/freeswitch".into(),
+            kamailio: "/etc/kamailio".into(),
+        }
+    }
+}
+
+/// Reads every configured PBX tree. Facts are normalised (sorted, without
+/// duplicates) so that two reads of an unchanged tree compare equal.
+pub fn discover_all(paths: &DiscoveryPaths) -> Discovered {
+    let mut all = Discovered::default();
+    if !paths.enabled {
+        return all;
+    }
+    all.merge(asterisk::discover(&paths.asterisk));
+    all.merge(freeswitch::discover(&paths.freeswitch));
+    all.merge(kamailio::discover(&paths.kamailio));
+    all.facts.normalize();
+    all.files.sort();
+    all.files.dedup();
+    all
+}
 
 /// The outcome of reading one configuration tree.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,0 +1,85 @@
+//! Following the PBX's configuration: inotify (through `notify`) on the
+//! directories of every file discovery read, debounced, so an edit takes effect
+//! within a fraction of a second and a burst of writes is read once.
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Quiet time after the last change before the tree is read again: editors
+/// write a file in several steps, and FreePBX rewrites a dozen files at once.
+pub const DEBOUNCE: Duration = Duration::from_millis(300);
+
+pub struct ConfigWatcher {
+    watcher: RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl ConfigWatcher {
+    pub fn new() -> notify::Result<ConfigWatcher> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                Ok(event) => {
+                    for path in event.paths {
+                        let _ = tx.send(path);
+                    }
+                }
+                Err(e) => warn!(error = %e, "config watcher error"),
+            })?;
+        Ok(ConfigWatcher {
+            watcher,
+            events,
+            dirs: BTreeSet::new(),
+        })
+    }
+
+    /// Watches the directories holding `files` (and `roots`), so new files
+    /// matching an include glob, renames and editors' replace-by-rename are all
+    /// seen. Directories no longer needed are dropped.
+    pub fn follow(&mut self, roots: &[&Path], files: &[PathBuf]) {
+        let mut wanted: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        wanted.extend(roots.iter().map(|r| r.to_path_buf()));
+        wanted.retain(|d| d.is_dir());
+        for gone in self.dirs.difference(&wanted).cloned().collect::<Vec<_>>() {
+            let _ = self.watcher.unwatch(&gone);
+            self.dirs.remove(&gone);
+        }
+        for dir in wanted {
+            if !self.dirs.contains(&dir) {
+                match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        debug!(dir = %dir.display(), "watching");
+                        self.dirs.insert(dir);
+                    }
+                    Err(e) => warn!(dir = %dir.display(), error = %e, "cannot watch"),
+                }
+            }
+        }
+    }
+
+    /// Waits for a change, then for [`DEBOUNCE`] of quiet. Returns the paths
+    /// that changed.
+    pub async fn changed(&mut self) -> Vec<PathBuf> {
+        let mut paths = match self.events.recv().await {
+            Some(p) => vec![p],
+            None => std::future::pending().await,
+        };
+        loop {
+            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+                Ok(Some(p)) => paths.push(p),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+}
