@@ -72,11 +72,8 @@ impl ConfigWatcher {
             Some(p) => vec![p],
             None => std::future::pending().await,
         };
-        loop {
-            match tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
-                Ok(Some(p)) => paths.push(p),
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+            paths.push(p);
         }
         paths.sort();
         paths.dedup();
