@@ -32,12 +32,6 @@ impl Default for AgentSettings {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct File {
-    #[serde(default)]
-    agent: AgentSettings,
-}
-
 /// Reads `[agent]` from the config text; other tables are the policy's business.
 pub fn parse_settings(text: &str, file: &str) -> anyhow::Result<AgentSettings> {
     #[derive(Deserialize)]
@@ -45,12 +39,31 @@ pub fn parse_settings(text: &str, file: &str) -> anyhow::Result<AgentSettings> {
         #[serde(default)]
         agent: Option<toml::Table>,
     }
-    let loose: Loose =
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {}", e.message()))?;
+    let loose: Loose = toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {}", e.message()))?;
     let Some(table) = loose.agent else {
         return Ok(AgentSettings::default());
     };
-    let f: File = toml::from_str(&format!("[agent]\n{table}"))
-        .map_err(|e| anyhow::anyhow!("{file}: [agent]: {}", e.message()))?;
-    Ok(f.agent)
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{file}: [agent]: {}", e.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_tables_and_defaults() {
+        let s = parse_settings(
+            "management = []\n[agent]\nstate_dir = \"/tmp/x\"\n[agent.discovery]\nasterisk = \"/srv/ast\"\n[zones.local]\nnetworks = []\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(s.state_dir, std::path::PathBuf::from("/tmp/x"));
+        assert_eq!(s.discovery.asterisk, std::path::PathBuf::from("/srv/ast"));
+        assert_eq!(s.discovery.freeswitch, std::path::PathBuf::from("/etc/freeswitch"));
+        assert_eq!(parse_settings("", "a.toml").unwrap(), AgentSettings::default());
+        let e = parse_settings("[agent]\nstate_dri = \"/x\"\n", "a.toml").unwrap_err();
+        assert!(e.to_string().contains("state_dri"), "{e}");
+    }
 }
