@@ -432,6 +432,28 @@ fn apply_config(cli: &Cli, agent: &Agent) {
     }
 }
 
+/// Points the name trackers at the names of the policy in force.
+fn follow_names(cli: &Cli, agent: &Agent, names: Option<&mut crate::names::NameSets>) {
+    let Some(names) = names else { return };
+    let policy = match current_policy(cli, agent).and_then(|p| Ok(agent.effective(&p)?)) {
+        Ok(p) => p,
+        Err(e) => {
+            error!(error = %e, "cannot read the policy's host names");
+            return;
+        }
+    };
+    apply_name_deltas(agent, names.set_policy(&policy, std::time::Instant::now()));
+}
+
+fn apply_name_deltas(agent: &Agent, deltas: Vec<(DynSet, crate::resolve::Delta)>) {
+    for (set, delta) in deltas {
+        delta.log_events();
+        if let Err(e) = agent.apply_resolved(set, &delta) {
+            error!(%set, error = %e, "cannot update resolved addresses");
+        }
+    }
+}
+
 /// Reads the PBX configuration again and follows every file it read.
 fn rediscover(
     cli: &Cli,
@@ -490,6 +512,14 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     };
     rediscover(cli, &agent, &settings, watcher.as_mut());
+    let mut names = match crate::names::NameSets::new(&settings.resolver) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            error!(error = %e, "no DNS resolver: host names in the policy stay unresolved");
+            None
+        }
+    };
+    follow_names(cli, &agent, names.as_mut());
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -508,6 +538,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 info!("SIGHUP: reloading the config");
                 apply_config(cli, &agent);
                 rediscover(cli, &agent, &settings, watcher.as_mut());
+                follow_names(cli, &agent, names.as_mut());
             }
             changed = async {
                 match watcher.as_mut() {
@@ -517,6 +548,18 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             } => {
                 info!(files = changed.len(), "PBX configuration changed on disk");
                 rediscover(cli, &agent, &settings, watcher.as_mut());
+                follow_names(cli, &agent, names.as_mut());
+            }
+            _ = async {
+                match names.as_ref().and_then(|n| n.next_due(std::time::Instant::now())) {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(n) = names.as_mut() {
+                    let deltas = n.refresh(std::time::Instant::now()).await;
+                    apply_name_deltas(&agent, deltas);
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -530,6 +573,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                     // Repairs drift (someone flushed our table) and refreshes gauges.
                     if let Err(e) = agent.restore() {
                         error!(error = %e, "periodic check failed");
+                    }
+                    // A recreated table has empty name sets: refill (adding
+                    // present elements changes nothing).
+                    if let Some(n) = names.as_ref() {
+                        apply_name_deltas(&agent, n.refill(std::time::Instant::now()));
                     }
                     if let Ok(Some(live)) = agent.live() {
                         for (name, elems) in &live.sets {

@@ -3,7 +3,9 @@
 //! shells around these.
 
 use crate::lockout;
-use crate::ruleset::plan::{delete_table_batch, element_batch, grant_batch, needed_sets};
+use crate::ruleset::plan::{
+    delete_table_batch, element_batch, element_changes, grant_batch, needed_sets,
+};
 use crate::ruleset::{
     plan, render, Desired, DynMode, LiveTable, Nft, NftError, PlanSummary, SetRole,
 };
@@ -363,6 +365,56 @@ impl Agent {
             let addrs: Vec<String> = elems.iter().map(|e| e.addr.to_string()).collect();
             format!("not in set {set}: {}", addrs.join(", "))
         })
+    }
+
+    /// Applies a resolver delta to its set: removals, renewals (delete + add)
+    /// and additions in one transaction. An element that expired on its own
+    /// meanwhile would fail the delete, so on failure the set is read again
+    /// and only present elements are deleted.
+    pub fn apply_resolved(
+        &self,
+        set: DynSet,
+        delta: &crate::resolve::Delta,
+    ) -> Result<(), AgentError> {
+        if delta.is_noop() {
+            return Ok(());
+        }
+        let add: Vec<TimedAddr> = delta
+            .add
+            .iter()
+            .chain(&delta.refresh)
+            .map(|e| TimedAddr {
+                addr: e.addr,
+                ttl: Some(e.timeout),
+                expires: None,
+                comment: Some(e.comment.clone()),
+            })
+            .collect();
+        let mut delete: Vec<std::net::IpAddr> = delta
+            .remove
+            .iter()
+            .chain(delta.refresh.iter().map(|e| &e.addr))
+            .copied()
+            .collect();
+        let first = self.nft.apply(&element_changes(set, &delete, &add));
+        match first {
+            Err(NftError::Rejected { stderr }) if crate::ruleset::apply::is_missing(&stderr) => {
+                let mut present = std::collections::BTreeSet::new();
+                for family in palisade_model::Family::ALL {
+                    let name = crate::ruleset::render::dyn_set_name(set, family);
+                    present.extend(
+                        self.nft
+                            .list_set(&name)?
+                            .iter()
+                            .filter_map(crate::ruleset::live::element_key),
+                    );
+                }
+                delete.retain(|a| present.contains(&a.to_string()));
+                self.nft.apply(&element_changes(set, &delete, &add))?;
+                Ok(())
+            }
+            other => Ok(other?),
+        }
     }
 
     pub fn add_grants(&self, grants: &[Grant]) -> Result<(), AgentError> {

@@ -7,6 +7,8 @@ pub mod discover;
 pub mod engine;
 pub mod follow;
 pub mod lockout;
+pub mod names;
+pub mod resolve;
 pub mod ruleset;
 pub mod settings;
 pub mod show;

@@ -19,6 +19,8 @@ pub struct AgentSettings {
     pub check_interval: std::time::Duration,
     /// Where the PBX configuration is read from (`[agent.discovery]`).
     pub discovery: crate::discover::DiscoveryPaths,
+    /// How host names are resolved (`[agent.resolver]`).
+    pub resolver: crate::resolve::ResolverConfig,
 }
 
 impl Default for AgentSettings {
@@ -28,6 +30,7 @@ impl Default for AgentSettings {
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             check_interval: std::time::Duration::from_secs(30),
             discovery: Default::default(),
+            resolver: Default::default(),
         }
     }
 }
@@ -39,7 +42,8 @@ pub fn parse_settings(text: &str, file: &str) -> anyhow::Result<AgentSettings> {
         #[serde(default)]
         agent: Option<toml::Table>,
     }
-    let loose: Loose = toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {}", e.message()))?;
+    let loose: Loose =
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{file}: {}", e.message()))?;
     let Some(table) = loose.agent else {
         return Ok(AgentSettings::default());
     };
@@ -61,8 +65,14 @@ mod tests {
         .unwrap();
         assert_eq!(s.state_dir, std::path::PathBuf::from("/tmp/x"));
         assert_eq!(s.discovery.asterisk, std::path::PathBuf::from("/srv/ast"));
-        assert_eq!(s.discovery.freeswitch, std::path::PathBuf::from("/etc/freeswitch"));
-        assert_eq!(parse_settings("", "a.toml").unwrap(), AgentSettings::default());
+        assert_eq!(
+            s.discovery.freeswitch,
+            std::path::PathBuf::from("/etc/freeswitch")
+        );
+        assert_eq!(
+            parse_settings("", "a.toml").unwrap(),
+            AgentSettings::default()
+        );
         let e = parse_settings("[agent]\nstate_dri = \"/x\"\n", "a.toml").unwrap_err();
         assert!(e.to_string().contains("state_dri"), "{e}");
     }

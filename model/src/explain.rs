@@ -112,10 +112,15 @@ fn trunk_of(policy: &Policy, dynamic: &DynamicState, addr: IpAddr) -> Option<Str
         ));
     }
     let e = dynamic.find(DynSet::Trunk, addr)?;
-    let host = e.comment.as_deref().unwrap_or_default();
     let note = element_note(e);
-    Some(match policy.peers_named(host).next() {
-        Some(peer) => format!(
+    // The resolver writes the names that resolve to the address, comma separated.
+    let names = e.comment.as_deref().unwrap_or_default();
+    let named = names
+        .split(',')
+        .map(str::trim)
+        .find_map(|host| Some((host, policy.peers_named(host).next()?)));
+    Some(match named {
+        Some((host, peer)) => format!(
             "trunk \"{}\" ({} {host} -> {addr}){note}",
             peer.name, peer.provenance
         ),

@@ -379,22 +379,40 @@ fn key_expr(key: &str) -> Expression<'static> {
 /// A batch that adds or deletes dynamic elements only, for the fast path (bans,
 /// known-good, grants) that must not re-render anything.
 pub fn element_batch(set: DynSet, elems: &[TimedAddr], delete: bool) -> Nftables<'static> {
-    let mut by_family: BTreeMap<String, Vec<Expression<'static>>> = BTreeMap::new();
-    for e in elems {
-        let name = super::render::dyn_set_name(set, Family::of(&e.addr));
-        let expr = if delete {
-            string(e.addr.to_string())
-        } else {
-            addr_element(e)
-        };
-        by_family.entry(name).or_default().push(expr);
+    if delete {
+        let addrs: Vec<std::net::IpAddr> = elems.iter().map(|e| e.addr).collect();
+        element_changes(set, &addrs, &[])
+    } else {
+        element_changes(set, &[], elems)
     }
+}
+
+/// Deletes then adds elements of one dynamic set in one transaction. Deleting
+/// and re-adding an address renews its timeout, which `add` alone does not on
+/// kernels before 6.10.
+pub fn element_changes(
+    set: DynSet,
+    delete: &[std::net::IpAddr],
+    add: &[TimedAddr],
+) -> Nftables<'static> {
     let mut batch = Batch::new();
-    for (name, exprs) in by_family {
-        if delete {
-            batch.delete(elements(&name, exprs));
-        } else {
-            batch.add(elements(&name, exprs));
+    for family in Family::ALL {
+        let name = super::render::dyn_set_name(set, family);
+        let del: Vec<Expression<'static>> = delete
+            .iter()
+            .filter(|a| Family::of(a) == family)
+            .map(|a| string(a.to_string()))
+            .collect();
+        if !del.is_empty() {
+            batch.delete(elements(&name, del));
+        }
+        let new: Vec<Expression<'static>> = add
+            .iter()
+            .filter(|e| Family::of(&e.addr) == family)
+            .map(addr_element)
+            .collect();
+        if !new.is_empty() {
+            batch.add(elements(&name, new));
         }
     }
     batch.to_nftables()
