@@ -17,6 +17,9 @@ pub struct ConfigWatcher {
     watcher: RecommendedWatcher,
     events: mpsc::UnboundedReceiver<PathBuf>,
     dirs: BTreeSet<PathBuf>,
+    /// Changes seen but not yet reported: kept here so that [`Self::changed`]
+    /// is cancellation-safe inside `select!` (a tick may drop it mid-debounce).
+    pending: Vec<PathBuf>,
 }
 
 impl ConfigWatcher {
@@ -35,6 +38,7 @@ impl ConfigWatcher {
             watcher,
             events,
             dirs: BTreeSet::new(),
+            pending: Vec::new(),
         })
     }
 
@@ -66,17 +70,45 @@ impl ConfigWatcher {
     }
 
     /// Waits for a change, then for [`DEBOUNCE`] of quiet. Returns the paths
-    /// that changed.
+    /// that changed. Cancellation-safe: what was received before a cancel is
+    /// reported by the next call.
     pub async fn changed(&mut self) -> Vec<PathBuf> {
-        let mut paths = match self.events.recv().await {
-            Some(p) => vec![p],
-            None => std::future::pending().await,
-        };
-        while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
-            paths.push(p);
+        if self.pending.is_empty() {
+            match self.events.recv().await {
+                Some(p) => self.pending.push(p),
+                None => std::future::pending().await,
+            }
         }
+        while let Ok(Some(p)) = tokio::time::timeout(DEBOUNCE, self.events.recv()).await {
+            self.pending.push(p);
+        }
+        let mut paths = std::mem::take(&mut self.pending);
         paths.sort();
         paths.dedup();
         paths
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_survives_a_cancelled_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pjsip.conf");
+        std::fs::write(&file, "[a]\n").unwrap();
+        let mut w = ConfigWatcher::new().unwrap();
+        w.follow(&[], std::slice::from_ref(&file));
+        std::fs::write(&file, "[b]\n").unwrap();
+        // Cancelled in the middle of the debounce, as a daemon tick does.
+        tokio::select! {
+            _ = w.changed() => panic!("the debounce should still be running"),
+            _ = tokio::time::sleep(DEBOUNCE / 3) => {}
+        }
+        let paths = tokio::time::timeout(Duration::from_secs(5), w.changed())
+            .await
+            .expect("the change was lost");
+        assert!(paths.contains(&file), "{paths:?}");
     }
 }
