@@ -47,9 +47,14 @@ pub fn parse_settings(text: &str, file: &str) -> anyhow::Result<AgentSettings> {
     let Some(table) = loose.agent else {
         return Ok(AgentSettings::default());
     };
-    toml::Value::Table(table)
+    let settings: AgentSettings = toml::Value::Table(table)
         .try_into()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{file}: [agent]: {}", e.message()))
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{file}: [agent]: {}", e.message()))?;
+    settings
+        .resolver
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{file}: [agent.resolver]: {e}"))?;
+    Ok(settings)
 }
 
 #[cfg(test)]
