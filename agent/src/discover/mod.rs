@@ -6,6 +6,7 @@
 
 pub mod asterisk;
 pub mod freeswitch;
+pub mod ini;
 pub mod kamailio;
 
 use palisade_model::{DiscoveryError, PbxFacts};
