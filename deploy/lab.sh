@@ -294,10 +294,45 @@ state_dir = "$LAB/state"
 metrics_listen = "127.0.0.1:9464"   # inside $NS_PBX
 check_interval = "10s"
 
+# The agent reads this lab's demo Asterisk configuration (not the host's):
+# edit $LAB/asterisk/pjsip.conf and watch \`$SELF agent show\` follow it.
+[agent.discovery]
+asterisk = "$LAB/asterisk"
+freeswitch = "$LAB/absent"
+kamailio = "$LAB/absent"
+
 # The LAN phone's network is the local zone; the internet host is in no zone,
 # so it is in zone internet.
 [zones.local]
 networks = ["10.210.1.0/24", "fd00:210:1::/64"]
+EOF
+    mkdir -p "$LAB/asterisk"
+    cat >"$LAB/asterisk/pjsip.conf" <<EOF
+; The lab PBX's PJSIP configuration: the agent opens what it needs from it.
+[transport-udp]
+type=transport
+protocol=udp
+bind=0.0.0.0:5060
+
+[transport-tcp]
+type=transport
+protocol=tcp
+bind=0.0.0.0:5060
+
+; The internet host is this PBX's SIP trunk when it comes over IPv6.
+[carrier]
+type=endpoint
+context=from-trunk
+aors=carrier
+
+[carrier]
+type=aor
+contact=sip:[$INET6]:5060
+
+[carrier-identify]
+type=identify
+endpoint=carrier
+match=$INET6
 EOF
 }
 
@@ -407,9 +442,11 @@ EOF
     ((IPV6)) && smoke inet "$NS_INET" "$PBX_INET6" 80/tcp
 
     printf '\nTry, from another terminal:\n'
-    try "$me agent show" "the live table: zones, services, sets"
+    try "$me agent show" "the live table: zones, services, sets, discovered facts"
+    try "$me agent discover" "what the lab's pjsip.conf needs"
     try "$me agent explain $LAN4 22/tcp" "a LAN phone: ssh allowed"
     try "$me agent explain $INET4 22/tcp" "the internet host: dropped"
+    ((IPV6)) && try "$me agent explain $INET6 5060/udp" "over IPv6 it is the trunk in pjsip.conf"
     try "$me probe inet $PBX_INET4 5060/udp" "SIP from the internet: open"
     try "$me agent set add ban $INET4 --timeout 10m --comment 'lab demo'" ""
     try "$me probe inet $PBX_INET4 5060/udp" "banned: dropped"

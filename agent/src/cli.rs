@@ -45,6 +45,8 @@ enum Command {
     Check { file: Option<PathBuf> },
     /// Show the live table as the agent understands it.
     Show,
+    /// Read the PBX configuration now and print what it needs (changes nothing).
+    Discover,
     /// Apply a policy file now, atomically.
     Apply {
         file: PathBuf,
@@ -263,7 +265,22 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
                 crate::show::report(agent.live()?.as_ref(), policy.as_ref(), pending.as_ref())
             );
             let errors = agent.state.discovery_errors()?;
-            print!("{}", crate::show::discovery(policy.as_ref(), &errors));
+            let facts = policy.as_ref().and_then(|p| p.discovered.as_ref());
+            print!("{}", crate::show::discovery(facts, &errors));
+        }
+        Command::Discover => {
+            let found = crate::discover::discover_all(&settings.discovery);
+            print!(
+                "{}",
+                crate::show::discovery(Some(&found.facts), &found.errors)
+            );
+            println!("\nfiles read or watched:");
+            for f in &found.files {
+                println!("  {}", f.display());
+            }
+            if !found.is_ok() {
+                bail!("{} error(s) in the PBX configuration", found.errors.len());
+            }
         }
         Command::Apply {
             file,

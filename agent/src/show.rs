@@ -166,9 +166,12 @@ pub fn report(
 }
 
 /// What discovery found, and why the last read was rejected if it was.
-pub fn discovery(policy: Option<&Policy>, errors: &[palisade_model::DiscoveryError]) -> String {
+pub fn discovery(
+    facts: Option<&palisade_model::PbxFacts>,
+    errors: &[palisade_model::DiscoveryError],
+) -> String {
     let mut out = String::from("\ndiscovered from the PBX configuration:\n");
-    match policy.and_then(|p| p.discovered.as_ref()) {
+    match facts.filter(|f| !f.kinds.is_empty()) {
         None => out.push_str("  nothing (no PBX configuration found, or discovery disabled)\n"),
         Some(f) => {
             let kinds: Vec<String> = f.kinds.iter().map(|k| k.to_string()).collect();
@@ -193,7 +196,7 @@ pub fn discovery(policy: Option<&Policy>, errors: &[palisade_model::DiscoveryErr
         }
     }
     if !errors.is_empty() {
-        out.push_str("  LAST READ REJECTED (the facts above stay in force):\n");
+        out.push_str("  LAST READ REJECTED (the last good facts stay in force):\n");
         for e in errors {
             let _ = writeln!(out, "    {e}");
         }
