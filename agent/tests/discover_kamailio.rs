@@ -6,84 +6,15 @@
 //! which line they mean and keep meaning it when a fixture is edited.
 
 use palisade_agent::discover::{kamailio, Discovered};
-use palisade_model::{
-    DiscoveryError, ListenPort, PbxFacts, PbxKind, Peer, PeerTarget, Provenance, Transport,
-};
+use palisade_model::{ListenPort, PbxFacts, PbxKind, Peer, Provenance, Transport};
 use proptest::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+mod common;
+use common::*;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/kamailio")
-        .join(name)
-}
-
-/// The 1-based line of the only line of `file` containing `needle`.
-fn line_of(file: &Path, needle: &str) -> usize {
-    let text = std::fs::read_to_string(file).expect("fixture readable");
-    let hits: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "`{needle}` in {}: {hits:?}", file.display());
-    hits[0]
-}
-
-fn prov(file: &Path, needle: &str, section: &str, what: &str) -> Provenance {
-    Provenance {
-        file: file.display().to_string(),
-        line: line_of(file, needle),
-        section: section.to_string(),
-        what: what.to_string(),
-    }
-}
-
-fn listen(
-    transport: Transport,
-    port: u16,
-    addr: Option<&str>,
-    provenance: &Provenance,
-) -> ListenPort {
-    ListenPort {
-        transport,
-        port,
-        addr: addr.map(|a| a.parse().expect("test address")),
-        provenance: provenance.clone(),
-    }
-}
-
-fn peer(name: &str, target: PeerTarget, provenance: Provenance) -> Peer {
-    Peer {
-        name: name.to_string(),
-        target,
-        provenance,
-    }
-}
-
-fn addr(a: &str) -> PeerTarget {
-    PeerTarget::Addr(a.parse().expect("test address"))
-}
-
-fn net(n: &str) -> PeerTarget {
-    PeerTarget::Net(n.parse().expect("test network"))
-}
-
-fn host(name: &str, port: Option<u16>, transport: Option<Transport>) -> PeerTarget {
-    PeerTarget::Host {
-        name: name.to_string(),
-        port,
-        transport,
-    }
-}
-
-fn error(file: &Path, needle: &str, message: &str) -> DiscoveryError {
-    DiscoveryError {
-        file: file.display().to_string(),
-        line: line_of(file, needle),
-        message: message.to_string(),
-    }
+    common::fixture("kamailio", name)
 }
 
 fn facts(listen: Vec<ListenPort>, peers: Vec<Peer>) -> PbxFacts {
@@ -95,13 +26,6 @@ fn facts(listen: Vec<ListenPort>, peers: Vec<Peer>) -> PbxFacts {
     };
     facts.normalize();
     facts
-}
-
-fn write(root: &Path, rel: &str, text: &str) -> PathBuf {
-    let path = root.join(rel);
-    std::fs::create_dir_all(path.parent().expect("has parent")).expect("mkdir");
-    std::fs::write(&path, text).expect("write");
-    path
 }
 
 /// (transport, port, addr) of every socket, sorted.

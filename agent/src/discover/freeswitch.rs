@@ -36,6 +36,7 @@
 //! Normalising never adds or removes a line break, so every node's line maps
 //! back to the file and line it came from.
 
+use super::glob::{has_wildcard, matches_in};
 use super::Discovered;
 use palisade_model::{
     DiscoveryError, ListenPort, PbxKind, Peer, PeerTarget, PortRange, Provenance, RtpRange,
@@ -402,17 +403,7 @@ impl Preprocessor {
                 // The pattern's own path: whoever watches `files` watches its
                 // directory, so a file added there is noticed.
                 self.note(&dir.join(comp));
-                let Ok(entries) = std::fs::read_dir(dir) else {
-                    continue;
-                };
-                let mut matched: Vec<String> = entries
-                    .filter_map(Result::ok)
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|name| comp.starts_with('.') || !name.starts_with('.'))
-                    .filter(|name| fnmatch(comp, name))
-                    .collect();
-                matched.sort();
-                next.extend(matched.into_iter().map(|name| dir.join(name)));
+                next.extend(matches_in(dir, comp));
                 if next.len() > MAX_FILES {
                     next.truncate(MAX_FILES);
                     break;
@@ -527,90 +518,6 @@ fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
         .as_bytes()
         .windows(n)
         .position(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-}
-
-fn has_wildcard(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-/// Shell-style matching of one path component: `*`, `?` and `[...]` classes
-/// (`!`/`^` negation, `a-z` ranges); a `[` without `]` is literal.
-fn fnmatch(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let s: Vec<char> = name.chars().collect();
-    let (mut pi, mut si) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() {
-            if p[pi] == '*' {
-                star = Some((pi, si));
-                pi += 1;
-                continue;
-            }
-            if let Some(next) = match_one(&p, pi, s[si]) {
-                pi = next;
-                si += 1;
-                continue;
-            }
-        }
-        match star {
-            Some((sp, ss)) => {
-                pi = sp + 1;
-                si = ss + 1;
-                star = Some((sp, ss + 1));
-            }
-            None => return false,
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
-/// Whether the pattern token at `pi` matches `c`; returns the next token.
-fn match_one(p: &[char], pi: usize, c: char) -> Option<usize> {
-    match p[pi] {
-        '?' => Some(pi + 1),
-        '[' => match class(p, pi) {
-            Some((end, matches)) => matches(c).then_some(end),
-            None => (c == '[').then_some(pi + 1),
-        },
-        lit => (lit == c).then_some(pi + 1),
-    }
-}
-
-/// Parses a `[...]` class at `pi`: the index after `]` and a matcher.
-fn class(p: &[char], pi: usize) -> Option<(usize, impl Fn(char) -> bool + '_)> {
-    let mut i = pi + 1;
-    let negate = matches!(p.get(i), Some('!' | '^'));
-    if negate {
-        i += 1;
-    }
-    let start = i;
-    // A `]` first in the class is a member, not the end.
-    if p.get(i) == Some(&']') {
-        i += 1;
-    }
-    while *p.get(i)? != ']' {
-        i += 1;
-    }
-    let members = &p[start..i];
-    let matcher = move |c: char| {
-        let mut k = 0;
-        let mut hit = false;
-        while k < members.len() {
-            if k + 2 < members.len() && members[k + 1] == '-' {
-                hit |= members[k] <= c && c <= members[k + 2];
-                k += 3;
-            } else {
-                hit |= members[k] == c;
-                k += 1;
-            }
-        }
-        hit != negate
-    };
-    Some((i + 1, matcher))
 }
 
 /// `a/./b/../c` → `a/c` for display and for `files`, without touching the
@@ -1654,20 +1561,6 @@ fn split_hostport(s: &str) -> Result<(&str, Option<u16>, bool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnmatch_like_glob() {
-        assert!(fnmatch("*.xml", "internal.xml"));
-        assert!(!fnmatch("*.xml", "internal.xml.bak"));
-        assert!(fnmatch("int?rnal.xml", "internal.xml"));
-        assert!(fnmatch("[ei]*.xml", "external.xml"));
-        assert!(!fnmatch("[!ei]*.xml", "external.xml"));
-        assert!(fnmatch("[a-f]x", "cx"));
-        assert!(fnmatch("[x", "[x"));
-        assert!(fnmatch("*", ""));
-        assert!(fnmatch("a*b*c", "aXXbYYc"));
-        assert!(!fnmatch("a*b*c", "aXXbYY"));
-    }
 
     #[test]
     fn sanitize_keeps_lines_and_fixes_ezxml_leniency() {

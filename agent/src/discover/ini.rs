@@ -28,12 +28,12 @@
 //!   Asterisk resolves them against its config directory; for files in that
 //!   directory (all of FreePBX's) the two agree, and for trees in sub-directories
 //!   this is what their authors mean.
-//! - Globs are expanded here, without the `glob` crate: `*` and `?` in the last
-//!   path component only (`pjsip.d/*.conf`, `pjsip_custom*.conf`), sorted
-//!   byte-wise like glob(3) in the C locale, hidden files not matched by a
-//!   leading wildcard. Wildcards in directory components are an error rather
-//!   than a silent miss; `[...]` and `{a,b}` are taken literally. A glob that
-//!   matches nothing is not an error (Asterisk fails the file then).
+//! - Globs are expanded by [`super::glob`] like glob(3): `*`, `?` and `[...]`
+//!   in the last path component only (`pjsip.d/*.conf`, `pjsip_custom*.conf`),
+//!   sorted, hidden files not matched by a leading wildcard. Wildcards in
+//!   directory components are an error rather than a silent miss; `{a,b}` is
+//!   taken literally. A glob that matches nothing is not an error (Asterisk
+//!   fails the file then).
 //! - Include loops, includes nested deeper than [`MAX_INCLUDE_DEPTH`], more than
 //!   [`MAX_FILES`] file reads and files over [`MAX_FILE_BYTES`] are errors, so
 //!   no input can make the reader recurse or allocate without bound.
@@ -43,6 +43,7 @@
 //! - `#exec` is never run; it is a warning.
 //! - Bytes that are not UTF-8 are read lossily; the reader never panics.
 
+use super::glob::has_wildcard;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -251,40 +252,6 @@ pub fn parse(path: &Path, text: &[u8]) -> Config {
     let mut loader = Loader::new(path);
     loader.parse_root(path, text);
     loader.finish()
-}
-
-/// Whether `name` matches a glob `pattern` of `*` and `?` (no `/`). A leading
-/// `.` must be matched literally, as glob(3) does without `GLOB_PERIOD`.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    if name.starts_with('.') && !pattern.starts_with('.') {
-        return false;
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Iterative matcher with one backtrack point: linear in practice and
-    // never recursive, whatever the pattern.
-    let (mut pi, mut ni) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ni));
-            pi += 1;
-        } else if let Some((sp, sn)) = star {
-            pi = sp + 1;
-            ni = sn + 1;
-            star = Some((sp, sn + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-fn has_wildcard(s: &str) -> bool {
-    s.contains(['*', '?'])
 }
 
 /// Where an `#include` was written, for errors about its target.
@@ -599,21 +566,8 @@ impl Loader {
         }
         let pattern = pattern.to_string_lossy();
         self.watch(full);
-        let mut matches: Vec<PathBuf> = match fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(Result::ok)
-                .filter(|e| glob_match(&pattern, &e.file_name().to_string_lossy()))
-                .map(|e| e.path())
-                .filter(|p| p.is_file())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        matches.sort_by(|a, b| {
-            a.as_os_str()
-                .as_encoded_bytes()
-                .cmp(b.as_os_str().as_encoded_bytes())
-        });
-        for m in matches {
+        let matches = super::glob::matches_in(dir, &pattern);
+        for m in matches.into_iter().filter(|p| p.is_file()) {
             self.read_file(&m, Some(site), cur);
         }
     }
@@ -1062,22 +1016,6 @@ match=3.3.3.3
         assert_eq!(c.sections[0].value("b"), Some("2"));
         assert!(c.is_ok());
         assert_eq!(c.warnings.len(), 1, "the 0xff 0xfe line is garbage");
-    }
-
-    #[test]
-    fn glob_matcher() {
-        assert!(glob_match("*.conf", "pjsip.conf"));
-        assert!(glob_match("pjsip_custom*.conf", "pjsip_custom.conf"));
-        assert!(glob_match("pjsip_custom*.conf", "pjsip_custom_post.conf"));
-        assert!(!glob_match("pjsip_custom*.conf", "pjsip.conf"));
-        assert!(glob_match("a?c", "abc"));
-        assert!(!glob_match("a?c", "ac"));
-        assert!(glob_match("*", "x"));
-        assert!(!glob_match("*", ".hidden"));
-        assert!(glob_match(".*", ".hidden"));
-        assert!(glob_match("*a*b*c", "xxaxxbxxc"));
-        assert!(!glob_match("*a*b*c", "xxaxxcxxb"));
-        assert!(glob_match("**", ""));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod asterisk;
 pub mod freeswitch;
+pub mod glob;
 pub mod ini;
 pub mod kamailio;
 
