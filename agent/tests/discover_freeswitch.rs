@@ -169,16 +169,7 @@ fn vanilla_tree_yields_every_profile_gateway_and_the_rtp_range() {
 fn vanilla_files_list_every_file_read_and_every_glob() {
     let root = fixture("vanilla");
     let d = freeswitch::discover(&root);
-    let rel: Vec<String> = d
-        .files
-        .iter()
-        .map(|f| {
-            f.strip_prefix(&root)
-                .expect("inside the tree")
-                .display()
-                .to_string()
-        })
-        .collect();
+    let rel = relative(&root, &d.files);
     assert_eq!(
         rel,
         [

@@ -159,16 +159,7 @@ fn standard_tree_yields_sockets_dispatcher_and_permissions() {
 fn standard_files_list_includes_imports_and_lists() {
     let root = fixture("standard");
     let d = kamailio::discover(&root);
-    let rel: Vec<String> = d
-        .files
-        .iter()
-        .map(|f| {
-            f.strip_prefix(&root)
-                .expect("inside the tree")
-                .display()
-                .to_string()
-        })
-        .collect();
+    let rel = relative(&root, &d.files);
     assert_eq!(
         rel,
         [

@@ -89,3 +89,16 @@ pub fn write(root: &Path, rel: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write");
     path
 }
+
+/// The paths of `files`, relative to `root`, as strings.
+pub fn relative(root: &Path, files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .map(|f| {
+            f.strip_prefix(root)
+                .expect("inside the tree")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
