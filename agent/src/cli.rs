@@ -449,19 +449,6 @@ fn apply_config(cli: &Cli, agent: &Agent) {
     }
 }
 
-/// Points the name trackers at the names of the policy in force.
-fn follow_names(cli: &Cli, agent: &Agent, names: Option<&mut crate::names::NameSets>) {
-    let Some(names) = names else { return };
-    let policy = match current_policy(cli, agent).and_then(|p| Ok(agent.effective(&p)?)) {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error = %e, "cannot read the policy's host names");
-            return;
-        }
-    };
-    apply_name_deltas(agent, names.set_policy(&policy, std::time::Instant::now()));
-}
-
 fn apply_name_deltas(agent: &Agent, deltas: Vec<(DynSet, crate::resolve::Delta)>) {
     for (set, delta) in deltas {
         delta.log_events();
@@ -471,12 +458,14 @@ fn apply_name_deltas(agent: &Agent, deltas: Vec<(DynSet, crate::resolve::Delta)>
     }
 }
 
-/// Reads the PBX configuration again and follows every file it read.
+/// Reads the PBX configuration again, follows every file it read, and points
+/// the name trackers at the host names of the resulting policy.
 fn rediscover(
     cli: &Cli,
     agent: &Agent,
     settings: &AgentSettings,
     watcher: Option<&mut crate::follow::ConfigWatcher>,
+    names: Option<&mut crate::names::NameSets>,
 ) {
     let policy = match current_policy(cli, agent) {
         Ok(p) => p,
@@ -493,6 +482,14 @@ fn rediscover(
             }
         }
         Err(e) => error!(error = %e, "discovery failed"),
+    }
+    let Some(names) = names else { return };
+    match agent.effective(&policy) {
+        Ok(effective) => apply_name_deltas(
+            agent,
+            names.set_policy(&effective, std::time::Instant::now()),
+        ),
+        Err(e) => error!(error = %e, "cannot read the policy's host names"),
     }
 }
 
@@ -528,7 +525,6 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             None
         }
     };
-    rediscover(cli, &agent, &settings, watcher.as_mut());
     let mut names = match crate::names::NameSets::new(&settings.resolver) {
         Ok(n) => Some(n),
         Err(e) => {
@@ -536,7 +532,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             None
         }
     };
-    follow_names(cli, &agent, names.as_mut());
+    rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -554,8 +550,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the config");
                 apply_config(cli, &agent);
-                rediscover(cli, &agent, &settings, watcher.as_mut());
-                follow_names(cli, &agent, names.as_mut());
+                rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
             }
             changed = async {
                 match watcher.as_mut() {
@@ -564,8 +559,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
             } => {
                 info!(files = changed.len(), "PBX configuration changed on disk");
-                rediscover(cli, &agent, &settings, watcher.as_mut());
-                follow_names(cli, &agent, names.as_mut());
+                rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
             }
             _ = async {
                 match names.as_ref().and_then(|n| n.next_due(std::time::Instant::now())) {

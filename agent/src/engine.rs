@@ -6,9 +6,7 @@ use crate::lockout;
 use crate::ruleset::plan::{
     delete_table_batch, element_batch, element_changes, grant_batch, needed_sets,
 };
-use crate::ruleset::{
-    plan, render, Desired, DynMode, LiveTable, Nft, NftError, PlanSummary, SetRole,
-};
+use crate::ruleset::{plan, render, Desired, DynMode, LiveTable, Nft, NftError, PlanSummary};
 use crate::state::{
     now_unix, FirstStart, GuardedPeer, Pending, RollbackRecord, StateDir, StateError,
 };
@@ -46,14 +44,6 @@ pub struct Applied {
 pub struct Agent {
     pub nft: Nft,
     pub state: StateDir,
-}
-
-pub fn roles(desired: &Desired) -> Vec<(String, SetRole)> {
-    desired
-        .sets
-        .iter()
-        .map(|s| (s.name.clone(), s.role))
-        .collect()
 }
 
 impl Agent {
@@ -315,18 +305,15 @@ impl Agent {
         Ok(self.nft.list()?)
     }
 
-    pub fn live_dynamic(&self, policy: &Policy) -> Result<DynamicState, AgentError> {
-        let desired = render(&self.effective(policy)?);
-        Ok(self
-            .live()?
-            .map(|l| l.dynamic_state(&roles(&desired)))
-            .unwrap_or_default())
+    /// The elements of every dynamic set, as the kernel holds them now.
+    pub fn live_dynamic(&self) -> Result<DynamicState, AgentError> {
+        Ok(self.live()?.map(|l| l.dynamic_state()).unwrap_or_default())
     }
 
     pub fn explain(&self, policy: &Policy, query: &Query) -> Result<Verdict, AgentError> {
         Ok(explain(
             &self.effective(policy)?,
-            &self.live_dynamic(policy)?,
+            &self.live_dynamic()?,
             query,
         ))
     }

@@ -1,6 +1,5 @@
 //! `palisade-agent show`: the live table, read back into the model's terms.
 
-use crate::engine::roles;
 use crate::ruleset::render::INFO_CHAIN;
 use crate::ruleset::{render, LiveTable};
 use crate::state::{now_unix, Pending};
@@ -119,36 +118,34 @@ pub fn report(
     }
 
     out.push_str("\ndynamic sets:\n");
-    if let Some(policy) = policy {
-        let dynamic = live.dynamic_state(&roles(&render(policy)));
-        for set in DynSet::ALL {
-            let elems = dynamic.sets.get(&set).cloned().unwrap_or_default();
-            let _ = write!(out, "  {:<18} {}", set.base_name(), elems.len());
-            for e in elems.iter().take(10) {
-                let _ = write!(out, "\n      {}", e.addr);
-                if let Some(left) = e.expires {
-                    let _ = write!(out, "  expires in {}s", left.as_secs());
-                }
-                if let Some(c) = &e.comment {
-                    let _ = write!(out, "  \"{c}\"");
-                }
+    let dynamic = live.dynamic_state();
+    for set in DynSet::ALL {
+        let elems = dynamic.sets.get(&set).cloned().unwrap_or_default();
+        let _ = write!(out, "  {:<18} {}", set.base_name(), elems.len());
+        for e in elems.iter().take(10) {
+            let _ = write!(out, "\n      {}", e.addr);
+            if let Some(left) = e.expires {
+                let _ = write!(out, "  expires in {}s", left.as_secs());
             }
-            if elems.len() > 10 {
-                let _ = write!(out, "\n      … {} more", elems.len() - 10);
+            if let Some(c) = &e.comment {
+                let _ = write!(out, "  \"{c}\"");
             }
-            out.push('\n');
         }
-        let _ = writeln!(out, "  {:<18} {}", "grant", dynamic.grants.len());
-        for g in dynamic.grants.iter().take(10) {
-            let _ = writeln!(
-                out,
-                "      {} {}/{}  {}",
-                g.addr,
-                g.port,
-                g.proto,
-                g.comment.as_deref().unwrap_or("")
-            );
+        if elems.len() > 10 {
+            let _ = write!(out, "\n      … {} more", elems.len() - 10);
         }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "  {:<18} {}", "grant", dynamic.grants.len());
+    for g in dynamic.grants.iter().take(10) {
+        let _ = writeln!(
+            out,
+            "      {} {}/{}  {}",
+            g.addr,
+            g.port,
+            g.proto,
+            g.comment.as_deref().unwrap_or("")
+        );
     }
     let rules: usize = live
         .chains

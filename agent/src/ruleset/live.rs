@@ -94,10 +94,10 @@ impl LiveTable {
     }
 
     /// The dynamic sets' elements, for `explain`, `show` and diffing.
-    pub fn dynamic_state(&self, roles: &[(String, SetRole)]) -> DynamicState {
+    pub fn dynamic_state(&self) -> DynamicState {
         let mut state = DynamicState::default();
-        for (name, role) in roles {
-            let Some(elems) = self.sets.get(name) else {
+        for (name, role) in super::render::set_roles() {
+            let Some(elems) = self.sets.get(&name) else {
                 continue;
             };
             for raw in elems {
@@ -106,7 +106,7 @@ impl LiveTable {
                     SetRole::Dynamic(set) => {
                         if let Some(addr) = val.as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
                             state.insert(
-                                *set,
+                                set,
                                 TimedAddr {
                                     addr,
                                     ttl: meta.timeout,

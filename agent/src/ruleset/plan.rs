@@ -271,11 +271,13 @@ pub fn plan(
             }
             add_all_static(&mut batch, desired);
         }
-        let needed = needed_sets(desired, dynamic, mode);
+        // Only the sets with wanted elements are compared (see `needed_sets`).
+        let compared = |s: &&SetSpec| mode == DynMode::Replace || wanted.contains_key(&s.name);
         for spec in desired
             .sets
             .iter()
-            .filter(|s| s.role != SetRole::Static && needed.contains(&s.name))
+            .filter(|s| s.role != SetRole::Static)
+            .filter(compared)
         {
             let keys = live
                 .sets
@@ -291,12 +293,7 @@ pub fn plan(
             // Same transaction: the old table goes and the new one arrives at once.
             batch.delete(NfListObject::Table(table()));
             if mode == DynMode::Merge {
-                let roles: Vec<(String, SetRole)> = desired
-                    .sets
-                    .iter()
-                    .map(|s| (s.name.clone(), s.role))
-                    .collect();
-                let kept = live.expect("rebuild implies live").dynamic_state(&roles);
+                let kept = live.expect("rebuild implies live").dynamic_state();
                 for (set, elems) in dynamic_by_set(&kept) {
                     let entry = wanted.entry(set).or_default();
                     for (k, e) in elems {

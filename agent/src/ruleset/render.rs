@@ -111,6 +111,12 @@ fn addr_type(family: Family) -> SetType {
     }
 }
 
+/// Every set of the table with its role. Set definitions depend on the schema,
+/// not on the policy, so reading the live table needs no rendering.
+pub fn set_roles() -> Vec<(String, SetRole)> {
+    all_sets().into_iter().map(|s| (s.name, s.role)).collect()
+}
+
 fn all_sets() -> Vec<SetSpec> {
     let mut sets = Vec::new();
     for family in Family::ALL {
