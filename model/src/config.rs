@@ -421,15 +421,7 @@ fn validate_ifname(name: &str) -> Result<(), String> {
 }
 
 fn validate_hostname(host: &str) -> Result<(), String> {
-    let valid_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(valid_label) {
+    if !crate::net::is_host_name(host) {
         return Err(format!("`{host}` is not a valid host name"));
     }
     if host.parse::<std::net::IpAddr>().is_ok() {

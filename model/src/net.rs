@@ -69,6 +69,20 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// A DNS host name as configurations write them: at most 253 bytes of dot
+/// separated labels, each 1-63 of letters, digits, `-` (not first or last) and
+/// `_` (seen in SRV-style and some internal names). No trailing dot.
+pub fn is_host_name(s: &str) -> bool {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(label)
+}
+
 /// True when the two networks share at least one address.
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())

@@ -1007,7 +1007,7 @@ fn parse_host(s: &str) -> Result<Host, String> {
         return Err(format!("`{s}` is not a valid IPv4 address"));
     }
     let name = s.strip_suffix('.').unwrap_or(s);
-    if valid_dns_name(name) {
+    if palisade_model::net::is_host_name(name) {
         Ok(Host::Name(name.to_ascii_lowercase()))
     } else if s.is_empty() {
         Err("no host".into())
@@ -1016,19 +1016,6 @@ fn parse_host(s: &str) -> Result<Host, String> {
             "`{s}` is neither an IP address nor a valid host name"
         ))
     }
-}
-
-fn valid_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
 }
 
 /// An IP with a bind (pjsip `bind`, chan_sip and IAX2 `bindaddr`): no names.

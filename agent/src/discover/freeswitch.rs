@@ -1444,12 +1444,7 @@ pub(super) fn classify_host(host: &str) -> Result<Option<IpAddr>, String> {
         return Err(format!("`{host}` is not a valid IPv4 address"));
     }
     let name = host.strip_suffix('.').unwrap_or(host);
-    let label_ok = |l: &str| {
-        (1..=63).contains(&l.len())
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    if name.len() <= 253 && name.split('.').all(label_ok) {
+    if palisade_model::net::is_host_name(name) {
         Ok(None)
     } else {
         Err(format!("`{host}` is not a host name or IP address"))
