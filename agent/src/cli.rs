@@ -493,6 +493,37 @@ fn rediscover(
     }
 }
 
+/// The policy in force (last good, with discovered facts), as the watch needs it.
+fn policy_in_force(agent: &Agent) -> Option<palisade_model::Policy> {
+    let (text, source) = agent.current_text().ok().flatten()?;
+    let policy = palisade_model::parse_policy(&text, &source).ok()?;
+    agent.effective(&policy).ok()
+}
+
+/// Starts, retunes or stops the SIP watch to match the policy in force.
+fn follow_watch(agent: &Agent, watch: &mut Option<crate::watch::Watch>) {
+    let Some(policy) = policy_in_force(agent) else {
+        return;
+    };
+    let r = &policy.responsive;
+    match watch {
+        Some(w) if r.enabled && w.group() == r.nflog_group => w.reconfigure(&policy),
+        _ if !r.enabled => {
+            if watch.take().is_some() {
+                info!("responsive firewall off: SIP watch stopped");
+            }
+        }
+        _ => {
+            // Dropping the old watch first frees its NFLOG group.
+            *watch = None;
+            match crate::watch::Watch::start(agent.nft.clone(), &policy) {
+                Ok(w) => *watch = Some(w),
+                Err(e) => error!(error = %e, "cannot start the SIP watch; the kernel's rate tiers still apply"),
+            }
+        }
+    }
+}
+
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let _telemetry = crate::telemetry::init("palisade-agent", "info");
     let mut settings = settings(cli)?;
@@ -533,6 +564,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     };
     rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
+    let mut watch = None;
+    follow_watch(&agent, &mut watch);
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -551,6 +584,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 info!("SIGHUP: reloading the config");
                 apply_config(cli, &agent);
                 rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
+                follow_watch(&agent, &mut watch);
             }
             changed = async {
                 match watcher.as_mut() {
@@ -560,6 +594,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             } => {
                 info!(files = changed.len(), "PBX configuration changed on disk");
                 rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
+                follow_watch(&agent, &mut watch);
             }
             _ = async {
                 match names.as_ref().and_then(|n| n.next_due(std::time::Instant::now())) {
@@ -599,6 +634,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
     }
+    drop(watch);
     info!("stopping; the ruleset stays in force");
     Ok(())
 }

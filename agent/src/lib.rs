@@ -14,3 +14,4 @@ pub mod settings;
 pub mod show;
 pub mod state;
 pub mod telemetry;
+pub mod watch;

@@ -6,6 +6,7 @@
 
 use crate::net::{overlaps, parse_net};
 use crate::policy::{Lockout, Origin, Policy, Sourced, ZoneMembers};
+use crate::responsive::Responsive;
 use crate::service::{catalogue, PortSpec, Service};
 use crate::zone::Zone;
 use serde::Deserialize;
@@ -47,6 +48,8 @@ struct RawPolicy {
     services: Vec<RawService>,
     #[serde(default)]
     lockout: Option<RawLockout>,
+    #[serde(default)]
+    responsive: Option<RawResponsive>,
     /// The daemon's own settings live beside the policy in one file; the policy
     /// does not interpret them.
     #[serde(default)]
@@ -91,6 +94,52 @@ struct RawLockout {
     ssh_ports: Option<Vec<Spanned<i64>>>,
     #[serde(default, with = "humantime_serde::option")]
     session_grace: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawResponsive {
+    enabled: Option<bool>,
+    nflog_group: Option<Spanned<i64>>,
+    #[serde(default)]
+    scanner_user_agents: Vec<Spanned<String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    offence_memory: Option<Duration>,
+    ban_durations: Option<Spanned<Vec<String>>>,
+    max_sources: Option<Spanned<i64>>,
+    #[serde(default)]
+    tiers: RawTiers,
+    #[serde(default)]
+    detect: RawDetect,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTiers {
+    rate: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    strikes: Option<Spanned<i64>>,
+    #[serde(default, with = "humantime_serde::option")]
+    flood_ban: Option<Duration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDetect {
+    burst_failures: Option<Spanned<i64>>,
+    #[serde(default, with = "humantime_serde::option")]
+    burst_window: Option<Duration>,
+    slow_failures: Option<Spanned<i64>>,
+    #[serde(default, with = "humantime_serde::option")]
+    slow_window: Option<Duration>,
+    distinct_failing_users: Option<Spanned<i64>>,
+    distinct_unknown_users: Option<Spanned<i64>>,
+    distinct_unanswered_users: Option<Spanned<i64>>,
+    #[serde(default, with = "humantime_serde::option")]
+    user_window: Option<Duration>,
+    garbage: Option<Spanned<i64>>,
+    flood_rate: Option<Spanned<i64>>,
+    known_good_factor: Option<Spanned<i64>>,
 }
 
 /// Maps byte offsets to lines and builds errors for one document.
@@ -269,13 +318,114 @@ fn validate(doc: &Doc<'_>, raw: RawPolicy) -> Result<Policy, ConfigError> {
         }
     }
 
+    let responsive = match raw.responsive {
+        Some(r) => validate_responsive(doc, r)?,
+        None => Responsive::default(),
+    };
+
     Ok(Policy {
         management,
         zones,
         services,
         lockout,
+        responsive,
         discovered: None,
     })
+}
+
+/// A positive count within `max`, or the error naming its field.
+fn count(
+    doc: &Doc<'_>,
+    value: &Option<Spanned<i64>>,
+    field: &str,
+    max: i64,
+) -> Result<Option<u32>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let n = *v.get_ref();
+    if !(1..=max).contains(&n) {
+        return Err(doc.error(
+            v.span(),
+            field,
+            format!("{n} is out of range (1-{max})"),
+        ));
+    }
+    Ok(Some(n as u32))
+}
+
+fn validate_responsive(doc: &Doc<'_>, raw: RawResponsive) -> Result<Responsive, ConfigError> {
+    let mut r = Responsive::default();
+    if let Some(enabled) = raw.enabled {
+        r.enabled = enabled;
+    }
+    if let Some(g) = count(doc, &raw.nflog_group, "responsive.nflog_group", 65535)? {
+        r.nflog_group = g as u16;
+    }
+    if let Some(n) = count(doc, &raw.max_sources, "responsive.max_sources", 10_000_000)? {
+        r.max_sources = n as usize;
+    }
+    for (i, ua) in raw.scanner_user_agents.iter().enumerate() {
+        let text = ua.get_ref().trim();
+        if text.len() < 3 {
+            return Err(doc.error(
+                ua.span(),
+                format!("responsive.scanner_user_agents[{i}]"),
+                "a User-Agent fragment needs at least 3 characters (shorter ones match real phones)",
+            ));
+        }
+        r.scanner_user_agents.push(text.to_string());
+    }
+    if let Some(d) = raw.offence_memory {
+        r.offence_memory = d;
+    }
+    if let Some(list) = raw.ban_durations {
+        let field = "responsive.ban_durations";
+        let mut durations = Vec::new();
+        for text in list.get_ref() {
+            let d = humantime::parse_duration(text).map_err(|e| {
+                doc.error(list.span(), field, format!("`{text}` is not a duration: {e}"))
+            })?;
+            if d.is_zero() {
+                return Err(doc.error(list.span(), field, "a ban of 0 s is no ban"));
+            }
+            durations.push(d);
+        }
+        if durations.is_empty() {
+            return Err(doc.error(list.span(), field, "needs at least one duration"));
+        }
+        r.ban_durations = durations;
+    }
+    let t = &raw.tiers;
+    let set = |slot: &mut u32, v: Option<u32>| {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    };
+    set(&mut r.tiers.rate, count(doc, &t.rate, "responsive.tiers.rate", 100_000)?);
+    set(&mut r.tiers.burst, count(doc, &t.burst, "responsive.tiers.burst", 100_000)?);
+    set(&mut r.tiers.strikes, count(doc, &t.strikes, "responsive.tiers.strikes", 1_000_000)?);
+    if let Some(d) = t.flood_ban {
+        r.tiers.flood_ban = d;
+    }
+    let d = &raw.detect;
+    let det = &mut r.detect;
+    set(&mut det.burst_failures, count(doc, &d.burst_failures, "responsive.detect.burst_failures", 1000)?);
+    set(&mut det.slow_failures, count(doc, &d.slow_failures, "responsive.detect.slow_failures", 100_000)?);
+    set(&mut det.distinct_failing_users, count(doc, &d.distinct_failing_users, "responsive.detect.distinct_failing_users", 10_000)?);
+    set(&mut det.distinct_unknown_users, count(doc, &d.distinct_unknown_users, "responsive.detect.distinct_unknown_users", 10_000)?);
+    set(&mut det.distinct_unanswered_users, count(doc, &d.distinct_unanswered_users, "responsive.detect.distinct_unanswered_users", 10_000)?);
+    set(&mut det.garbage, count(doc, &d.garbage, "responsive.detect.garbage", 100_000)?);
+    set(&mut det.flood_rate, count(doc, &d.flood_rate, "responsive.detect.flood_rate", 1_000_000)?);
+    set(&mut det.known_good_factor, count(doc, &d.known_good_factor, "responsive.detect.known_good_factor", 1000)?);
+    for (slot, v) in [
+        (&mut det.burst_window, d.burst_window),
+        (&mut det.slow_window, d.slow_window),
+        (&mut det.user_window, d.user_window),
+    ] {
+        if let Some(v) = v {
+            *slot = v;
+        }
+    }
+    Ok(r)
 }
 
 fn validate_services(doc: &Doc<'_>, raw: Vec<RawService>) -> Result<Vec<Service>, ConfigError> {

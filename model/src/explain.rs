@@ -226,7 +226,7 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
                 }
             }
             Stage::Zones => return zone_verdict(policy, dynamic, q, addr),
-            Stage::Loopback | Stage::Established | Stage::Icmp => {}
+            Stage::Loopback | Stage::Established | Stage::Icmp | Stage::Guard => {}
         }
     }
     unreachable!("the zones stage always decides")

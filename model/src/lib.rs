@@ -11,6 +11,7 @@ pub mod facts;
 pub mod net;
 pub mod pipeline;
 pub mod policy;
+pub mod responsive;
 pub mod service;
 pub mod zone;
 
@@ -24,5 +25,6 @@ pub use facts::{
 pub use net::Family;
 pub use pipeline::{Stage, INPUT_PIPELINE};
 pub use policy::{Lockout, Origin, Policy, Sourced, ZoneMembers};
+pub use responsive::{Detect, Responsive, Tiers, SCANNER_USER_AGENTS};
 pub use service::{PortRange, PortSpec, Proto, Service};
 pub use zone::Zone;

@@ -14,6 +14,11 @@ pub enum Stage {
     Bans,
     /// Sources in the blocked zone (networks and names), also before conntrack.
     Blocked,
+    /// The responsive firewall: SIP/IAX2 packets from sources that are neither
+    /// trusted, trunks nor known-good meet the per-source rate tiers, and SIP is
+    /// copied to the agent. Before conntrack, because a UDP attacker's packets
+    /// are all "established" after the first.
+    Guard,
     /// Replies and related traffic of accepted connections.
     Established,
     /// IPv6 neighbour discovery, which IPv6 cannot work without.
@@ -32,11 +37,12 @@ pub enum Stage {
 }
 
 /// The input chain, first to last; anything that falls through is dropped.
-pub const INPUT_PIPELINE: [Stage; 11] = [
+pub const INPUT_PIPELINE: [Stage; 12] = [
     Stage::Loopback,
     Stage::Management,
     Stage::Bans,
     Stage::Blocked,
+    Stage::Guard,
     Stage::Established,
     Stage::Icmp,
     Stage::Trusted,
@@ -53,6 +59,7 @@ impl Stage {
             Stage::Management => "management",
             Stage::Bans => "bans",
             Stage::Blocked => "blocked",
+            Stage::Guard => "guard",
             Stage::Established => "established",
             Stage::Icmp => "icmp",
             Stage::Trusted => "trusted",

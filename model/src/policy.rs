@@ -2,6 +2,7 @@
 
 use crate::facts::{PbxFacts, Peer, PeerTarget, Transport};
 use crate::service::{PortSpec, Proto, Service};
+use crate::responsive::Responsive;
 use crate::zone::Zone;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
@@ -77,6 +78,8 @@ pub struct Policy {
     pub zones: BTreeMap<Zone, ZoneMembers>,
     pub services: Vec<Service>,
     pub lockout: Lockout,
+    /// The responsive firewall on the SIP/IAX2 ports.
+    pub responsive: Responsive,
     /// What discovery found in the PBX's configuration, once merged in with
     /// [`Policy::with_facts`].
     pub discovered: Option<PbxFacts>,
@@ -105,6 +108,29 @@ impl Policy {
 
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Ports of the named services, merged per protocol.
+    fn ports_of(&self, names: &[&str]) -> Vec<PortSpec> {
+        let mut ports: Vec<PortSpec> = self
+            .services
+            .iter()
+            .filter(|s| names.contains(&s.name.as_str()))
+            .flat_map(|s| s.ports.iter().copied())
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+
+    /// Ports that carry SIP in clear text (UDP and TCP): what the SIP watch reads.
+    pub fn sip_watch_ports(&self) -> Vec<PortSpec> {
+        self.ports_of(&["sip-udp", "sip-tcp"])
+    }
+
+    /// Every signalling port (SIP in any transport, IAX2): what the rate tiers guard.
+    pub fn signalling_ports(&self) -> Vec<PortSpec> {
+        self.ports_of(&["sip-udp", "sip-tcp", "sip-tls", "iax2"])
     }
 
     /// The configured network of `zone` that holds `addr`, if any.

@@ -50,6 +50,11 @@ impl Nft {
         }
     }
 
+    /// The program and the arguments before nft's own.
+    pub fn command_parts(&self) -> (&str, &[String]) {
+        (&self.program, &self.prefix)
+    }
+
     /// Runs `nft -j ARGS`; `None` when the object does not exist.
     fn list_json(&self, args: &[&str]) -> Result<Option<String>, NftError> {
         let output = std::process::Command::new(&self.program)

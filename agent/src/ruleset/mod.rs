@@ -6,8 +6,10 @@ mod expr;
 pub mod live;
 pub mod plan;
 pub mod render;
+pub mod shell;
 
 pub use apply::{Nft, NftError};
 pub use live::LiveTable;
 pub use plan::{plan, DynMode, Plan, PlanSummary};
 pub use render::{render, Desired, SetRole, TABLE};
+pub use shell::NftShell;

@@ -7,7 +7,9 @@
 use super::expr::string;
 use super::expr::{concat, counter, number};
 use super::live::{element_key, grant_key, LiveTable};
-use super::render::{set_flags, ChainSpec, Desired, SetRole, SetSpec, INFO_CHAIN, SCHEMA, TABLE};
+use super::render::{
+    set_flags, ChainSpec, Desired, Hook, SetRole, SetSpec, INFO_CHAIN, SCHEMA, TABLE,
+};
 use nftables::batch::Batch;
 use nftables::expr::{Elem, Expression, NamedExpression};
 use nftables::schema::{
@@ -69,23 +71,29 @@ fn set_object(spec: &SetSpec) -> Set<'static> {
         elem: None,
         timeout: None,
         gc_interval: None,
-        size: None,
+        size: spec.size,
         comment: None,
     }
 }
 
-fn chain_object(spec_name: &str, hook_input: bool) -> Chain<'static> {
+fn chain_object(spec_name: &str, hook: Option<Hook>) -> Chain<'static> {
     Chain {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
         name: Cow::Owned(spec_name.to_string()),
         newname: None,
         handle: None,
-        _type: hook_input.then_some(NfChainType::Filter),
-        hook: hook_input.then_some(NfHook::Input),
-        prio: hook_input.then_some(0),
+        _type: hook.map(|_| NfChainType::Filter),
+        hook: hook.map(|h| match h {
+            Hook::Input => NfHook::Input,
+            Hook::Output => NfHook::Output,
+        }),
+        prio: hook.map(|_| 0),
         dev: None,
-        policy: hook_input.then_some(NfChainPolicy::Drop),
+        policy: hook.map(|h| match h {
+            Hook::Input => NfChainPolicy::Drop,
+            Hook::Output => NfChainPolicy::Accept,
+        }),
     }
 }
 
@@ -189,12 +197,9 @@ fn dynamic_by_set(state: &DynamicState) -> BTreeMap<String, Vec<(String, Express
 
 fn add_all_static(batch: &mut Batch<'static>, desired: &Desired) {
     for chain in &desired.chains {
-        batch.add(NfListObject::Chain(chain_object(
-            &chain.name,
-            chain.hook_input,
-        )));
+        batch.add(NfListObject::Chain(chain_object(&chain.name, chain.hook)));
     }
-    batch.add(NfListObject::Chain(chain_object(INFO_CHAIN, false)));
+    batch.add(NfListObject::Chain(chain_object(INFO_CHAIN, None)));
     for chain in &desired.chains {
         for r in rule_objects(chain) {
             batch.add(r);
@@ -257,12 +262,10 @@ pub fn plan(
             let chains = desired
                 .chains
                 .iter()
-                .map(|c| (c.name.as_str(), c.hook_input));
-            for (name, hook_input) in chains.chain([(INFO_CHAIN, false)]) {
-                batch.add(NfListObject::Chain(chain_object(name, hook_input)));
-                batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(
-                    name, hook_input,
-                ))));
+                .map(|c| (c.name.as_str(), c.hook));
+            for (name, hook) in chains.chain([(INFO_CHAIN, None)]) {
+                batch.add(NfListObject::Chain(chain_object(name, hook)));
+                batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(name, hook))));
             }
             for spec in desired.sets.iter().filter(|s| s.role == SetRole::Static) {
                 if live.element_count(&spec.name) > 0 {
@@ -410,6 +413,39 @@ pub fn element_changes(
             .collect();
         if !new.is_empty() {
             batch.add(elements(&name, new));
+        }
+    }
+    batch.to_nftables()
+}
+
+/// Sets elements of one dynamic set to exactly `renew` (with their new
+/// timeouts and comments) and removes `end`, whether or not they are present
+/// now: each is added bare, deleted, then re-added timed, in one transaction.
+/// This never fails for a missing or an existing element, which the fast path
+/// cannot know without listing the set.
+pub fn element_renew(set: DynSet, renew: &[TimedAddr], end: &[std::net::IpAddr]) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    for family in Family::ALL {
+        let name = super::render::dyn_set_name(set, family);
+        let bare: Vec<Expression<'static>> = renew
+            .iter()
+            .map(|e| &e.addr)
+            .chain(end)
+            .filter(|a| Family::of(a) == family)
+            .map(|a| string(a.to_string()))
+            .collect();
+        if bare.is_empty() {
+            continue;
+        }
+        batch.add(elements(&name, bare.clone()));
+        batch.delete(elements(&name, bare));
+        let timed: Vec<Expression<'static>> = renew
+            .iter()
+            .filter(|e| Family::of(&e.addr) == family)
+            .map(addr_element)
+            .collect();
+        if !timed.is_empty() {
+            batch.add(elements(&name, timed));
         }
     }
     batch.to_nftables()

@@ -7,10 +7,12 @@
 //! re-rendering never wipes a ban.
 
 use super::expr::*;
-use nftables::expr::{Expression, MetaKey};
+use nftables::expr::{Elem, Expression, MetaKey, NamedExpression};
 use nftables::schema::{SetFlag, SetType, SetTypeValue};
-use nftables::stmt::{Limit, Statement};
-use palisade_model::{DynSet, Family, Policy, Proto, Service, Stage, Zone, INPUT_PIPELINE};
+use nftables::stmt::{Limit, Log, Meter, SetOp, Statement};
+use palisade_model::{
+    DynSet, Family, Policy, PortSpec, Proto, Service, Stage, Zone, INPUT_PIPELINE,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
@@ -20,11 +22,24 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const TABLE: &str = "palisade";
 /// Bumped when set definitions change shape; a live table of another schema is
 /// rebuilt (keeping its dynamic elements) instead of patched.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 /// The unreferenced chain whose single rule carries the policy fingerprint.
 pub const INFO_CHAIN: &str = "policy_info";
 pub const INPUT_CHAIN: &str = "input";
+pub const OUTPUT_CHAIN: &str = "output";
 pub const KNOWN_GOOD_CHAIN: &str = "known_good";
+/// Judges signalling packets of sources that are not trusted, trunks or known-good.
+pub const GUARD_CHAIN: &str = "guard";
+/// Drops packets over the rate tier, and bans a source that keeps exceeding it.
+pub const FLOOD_CHAIN: &str = "flood";
+/// Copies clear-text SIP to the agent (NFLOG).
+pub const WATCH_CHAIN: &str = "watch";
+/// NFLOG prefixes: which way a copied packet went, or why the kernel banned.
+pub const LOG_IN: &str = "palisade:in";
+pub const LOG_OUT: &str = "palisade:out";
+pub const LOG_TIER_BAN: &str = "palisade:tier-ban";
+/// Per-source rate state of the tiers: forgotten after this much silence.
+const TIER_STATE_TIMEOUT: u32 = 30;
 
 /// What a set holds, which decides how it is kept up to date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -45,7 +60,13 @@ pub struct SetSpec {
     #[serde(skip)]
     pub set_type: SetTypeValue<'static>,
     pub flags: Vec<&'static str>,
+    /// Capacity. Dynamic sets get a large one: a set that a rule updates from the
+    /// packet path is otherwise capped by nft at 65,535 elements.
+    pub size: Option<u32>,
 }
+
+/// Capacity of every dynamic set (bans above all).
+pub const DYNAMIC_SET_SIZE: u32 = 1 << 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleSpec {
@@ -56,9 +77,17 @@ pub struct RuleSpec {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChainSpec {
     pub name: String,
-    /// `Some` for the base chain hooked at input (policy drop).
-    pub hook_input: bool,
+    /// Base chains only: where they hook.
+    pub hook: Option<Hook>,
     pub rules: Vec<RuleSpec>,
+}
+
+/// The two base chains: input filters (policy drop); output only watches the
+/// PBX's SIP responses (policy accept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Hook {
+    Input,
+    Output,
 }
 
 /// The whole desired table.
@@ -127,6 +156,7 @@ fn all_sets() -> Vec<SetSpec> {
             role: SetRole::Static,
             set_type: single.clone(),
             flags: vec!["interval"],
+            size: None,
         });
         sets.push(SetSpec {
             name: set_name("trunk", family),
@@ -134,6 +164,7 @@ fn all_sets() -> Vec<SetSpec> {
             role: SetRole::Static,
             set_type: single.clone(),
             flags: vec!["interval"],
+            size: None,
         });
         for zone in Zone::ALL {
             sets.push(SetSpec {
@@ -142,6 +173,7 @@ fn all_sets() -> Vec<SetSpec> {
                 role: SetRole::Static,
                 set_type: single.clone(),
                 flags: vec!["interval"],
+                size: None,
             });
         }
         for dynset in DynSet::ALL {
@@ -151,6 +183,7 @@ fn all_sets() -> Vec<SetSpec> {
                 role: SetRole::Dynamic(dynset),
                 set_type: single.clone(),
                 flags: vec!["timeout"],
+                size: Some(DYNAMIC_SET_SIZE),
             });
         }
         sets.push(SetSpec {
@@ -163,6 +196,7 @@ fn all_sets() -> Vec<SetSpec> {
                 SetType::InetService,
             ])),
             flags: vec!["timeout"],
+            size: Some(DYNAMIC_SET_SIZE),
         });
     }
     for zone in Zone::ALL {
@@ -172,6 +206,7 @@ fn all_sets() -> Vec<SetSpec> {
             role: SetRole::Static,
             set_type: SetTypeValue::Single(SetType::Ifname),
             flags: vec![],
+            size: None,
         });
     }
     sets
@@ -217,33 +252,9 @@ fn per_family(
 
 /// `tcp dport {…} counter accept` for each protocol a service uses.
 fn service_rules(service: &Service) -> Vec<RuleSpec> {
-    let mut by_proto: BTreeMap<Proto, Vec<Expression<'static>>> = BTreeMap::new();
-    for spec in &service.ports {
-        let port = if spec.range.first == spec.range.last {
-            number(spec.range.first.into())
-        } else {
-            range(spec.range.first.into(), spec.range.last.into())
-        };
-        by_proto.entry(spec.proto).or_default().push(port);
-    }
-    by_proto
-        .into_iter()
-        .map(|(proto, mut ports)| {
-            let right = if ports.len() == 1 {
-                ports.remove(0)
-            } else {
-                anon_set(ports)
-            };
-            rule(
-                format!("service {}", service.name),
-                vec![
-                    eq(payload(proto.as_str(), "dport"), right),
-                    counter(),
-                    accept(),
-                ],
-            )
-        })
-        .collect()
+    port_rules(&service.ports, "dport", &format!("service {}", service.name), || {
+        vec![counter(), accept()]
+    })
 }
 
 fn icmp_echo_rules() -> Vec<RuleSpec> {
@@ -277,8 +288,167 @@ fn icmp_echo_rules() -> Vec<RuleSpec> {
     ]
 }
 
-fn input_rules(stage: Stage) -> Vec<RuleSpec> {
+/// `udp dport {…} <verdict>` / `tcp dport {…} <verdict>` for each protocol of `ports`.
+fn port_rules(
+    ports: &[PortSpec],
+    field: &'static str,
+    comment: &str,
+    verdict: impl Fn() -> Vec<Statement<'static>>,
+) -> Vec<RuleSpec> {
+    let mut by_proto: BTreeMap<Proto, Vec<Expression<'static>>> = BTreeMap::new();
+    for spec in ports {
+        let port = if spec.range.first == spec.range.last {
+            number(spec.range.first.into())
+        } else {
+            range(spec.range.first.into(), spec.range.last.into())
+        };
+        by_proto.entry(spec.proto).or_default().push(port);
+    }
+    by_proto
+        .into_iter()
+        .map(|(proto, mut ports)| {
+            let right = if ports.len() == 1 {
+                ports.remove(0)
+            } else {
+                anon_set(ports)
+            };
+            let mut expr = vec![eq(payload(proto.as_str(), field), right)];
+            expr.extend(verdict());
+            rule(comment, expr)
+        })
+        .collect()
+}
+
+/// `log group N prefix P`: the whole packet, at once (no batching), to the agent.
+fn nflog(group: u16, prefix: &str) -> Statement<'static> {
+    Statement::Log(Some(Log {
+        prefix: Some(Cow::Owned(prefix.to_string())),
+        group: Some(group.into()),
+        snaplen: Some(65_535),
+        queue_threshold: None,
+        level: None,
+        flags: None,
+    }))
+}
+
+/// A per-source meter: matches when `saddr` exceeds `rate`/s with `burst`.
+fn meter_over(name: String, family: Family, rate: u32, burst: u32, idle: u32) -> Statement<'static> {
+    Statement::Meter(Meter {
+        name: Cow::Owned(name),
+        key: Expression::Named(NamedExpression::Elem(Elem {
+            val: Box::new(saddr(family)),
+            timeout: Some(idle),
+            expires: None,
+            comment: None,
+            counter: None,
+        })),
+        stmt: Box::new(Statement::Limit(Limit {
+            rate,
+            rate_unit: None,
+            per: Some(Cow::Borrowed("second")),
+            burst: Some(burst),
+            burst_unit: None,
+            inv: Some(true),
+        })),
+    })
+}
+
+/// The responsive firewall's chains: guard (bypasses and tiers), flood (over the
+/// tier; bans in the kernel a source that keeps at it) and watch (the copy to
+/// the agent). Empty when the responsive firewall is off.
+fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
+    let r = &policy.responsive;
+    if !r.enabled || policy.signalling_ports().is_empty() {
+        return Vec::new();
+    }
+    let watched = policy.sip_watch_ports();
+    let mut guard = Vec::new();
+    for (base, comment) in [
+        ("zone_trusted".to_string(), "guard: trusted"),
+        (DynSet::Resolved(Zone::Trusted).base_name(), "guard: trusted, resolved"),
+        ("trunk".to_string(), "guard: trunk"),
+        (DynSet::Trunk.base_name(), "guard: trunk, resolved"),
+    ] {
+        guard.extend(per_family(&base, comment, || vec![Statement::Return(None)]));
+    }
+    guard.extend(per_family(
+        &DynSet::KnownGood.base_name(),
+        "guard: known-good, watched only",
+        || vec![goto(WATCH_CHAIN)],
+    ));
+    let tiers = &r.tiers;
+    for family in Family::ALL {
+        guard.push(rule(
+            "guard: tier",
+            vec![
+                meter_over(set_name("tier", family), family, tiers.rate, tiers.burst, TIER_STATE_TIMEOUT),
+                jump(FLOOD_CHAIN),
+            ],
+        ));
+    }
+    guard.push(rule("guard: watch", vec![goto(WATCH_CHAIN)]));
+
+    let ban_secs = u32::try_from(tiers.flood_ban.as_secs()).unwrap_or(u32::MAX).max(1);
+    let mut flood: Vec<RuleSpec> = Family::ALL
+        .into_iter()
+        .map(|family| {
+            rule(
+                "flood: kept exceeding the tier, banned",
+                vec![
+                    meter_over(set_name("strike", family), family, 1, tiers.strikes, 3 * TIER_STATE_TIMEOUT),
+                    Statement::Set(nftables::stmt::Set {
+                        op: SetOp::Update,
+                        elem: Expression::Named(NamedExpression::Elem(Elem {
+                            val: Box::new(saddr(family)),
+                            timeout: Some(ban_secs),
+                            expires: None,
+                            comment: None,
+                            counter: None,
+                        })),
+                        set: Cow::Owned(format!("@{}", dyn_set_name(DynSet::Ban, family))),
+                    }),
+                    nflog(r.nflog_group, LOG_TIER_BAN),
+                    counter(),
+                    drop(),
+                ],
+            )
+        })
+        .collect();
+    flood.push(rule("flood: over the tier", vec![counter(), drop()]));
+
+    let watch = port_rules(&watched, "dport", "watch: sip", || {
+        vec![nflog(r.nflog_group, LOG_IN)]
+    });
+    vec![
+        ChainSpec { name: GUARD_CHAIN.into(), hook: None, rules: guard },
+        ChainSpec { name: FLOOD_CHAIN.into(), hook: None, rules: flood },
+        ChainSpec { name: WATCH_CHAIN.into(), hook: None, rules: watch },
+    ]
+}
+
+/// The output hook copies the PBX's SIP (its answers tell the truth about each
+/// source) to the agent.
+fn output_rules(policy: &Policy) -> Vec<RuleSpec> {
+    let r = &policy.responsive;
+    if !r.enabled {
+        return Vec::new();
+    }
+    port_rules(&policy.sip_watch_ports(), "sport", "watch: sip answers", || {
+        vec![nflog(r.nflog_group, LOG_OUT)]
+    })
+}
+
+fn input_rules(policy: &Policy, stage: Stage) -> Vec<RuleSpec> {
     match stage {
+        Stage::Guard => {
+            let r = &policy.responsive;
+            if !r.enabled {
+                return Vec::new();
+            }
+            port_rules(&policy.signalling_ports(), "dport", "guard: signalling", || {
+                vec![jump(GUARD_CHAIN)]
+            })
+        }
         Stage::Loopback => vec![rule(
             "loopback",
             vec![eq(meta(MetaKey::Iif), string("lo")), accept()],
@@ -454,16 +624,24 @@ fn static_elements(policy: &Policy) -> BTreeMap<String, Vec<Expression<'static>>
 pub fn render(policy: &Policy) -> Desired {
     let mut input = Vec::new();
     for stage in INPUT_PIPELINE {
-        input.extend(input_rules(stage));
+        input.extend(input_rules(policy, stage));
     }
-    let mut chains = vec![ChainSpec {
-        name: INPUT_CHAIN.into(),
-        hook_input: true,
-        rules: input,
-    }];
+    let mut chains = vec![
+        ChainSpec {
+            name: INPUT_CHAIN.into(),
+            hook: Some(Hook::Input),
+            rules: input,
+        },
+        ChainSpec {
+            name: OUTPUT_CHAIN.into(),
+            hook: Some(Hook::Output),
+            rules: output_rules(policy),
+        },
+    ];
+    chains.extend(guard_chains(policy));
     chains.push(ChainSpec {
         name: KNOWN_GOOD_CHAIN.into(),
-        hook_input: false,
+        hook: None,
         rules: policy
             .services
             .iter()
@@ -485,7 +663,7 @@ pub fn render(policy: &Policy) -> Desired {
         ));
         chains.push(ChainSpec {
             name: zone_chain(zone),
-            hook_input: false,
+            hook: None,
             rules,
         });
     }

@@ -1,0 +1,401 @@
+//! The SIP watch: reads the copy of SIP traffic the ruleset sends to NFLOG,
+//! judges it, and writes verdicts into the kernel's sets at once.
+//!
+//! Two threads, both plain blocking code because the work is CPU-bound and
+//! latency-critical:
+//! * the *reader* owns the NFLOG socket, the TCP reassembly, the transaction
+//!   tracker and the judge (all single-owner state, no locks on the packet path);
+//! * the *enforcer* owns a long-lived `nft` shell and applies what the reader
+//!   decided, batching whatever has queued up meanwhile into one transaction.
+//!
+//! The daemon talks to both through [`Watch`]: new settings and exemptions
+//! when the policy changes. Stopping the agent stops the watch; the bans and
+//! rules already in the kernel stay in force.
+
+pub mod nflog;
+pub mod packet;
+
+use crate::ruleset::plan::element_renew;
+use crate::ruleset::render::{LOG_IN, LOG_OUT, LOG_TIER_BAN};
+use crate::ruleset::{Nft, NftShell};
+use nflog::{Nflog, Read};
+use packet::{decode, L4};
+use palisade_guard::sip::{self, Limits, Parsed, StreamConfig, Streams, Transport};
+use palisade_guard::{Action, Direction, Event, Exempt, Judge, Tracker, Verdict};
+use palisade_model::dynamic::clip_comment;
+use palisade_model::{DynSet, Policy, Responsive, TimedAddr, Zone};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tracing::{debug, error, info, warn};
+
+/// Open SIP transactions remembered at most.
+const MAX_TRANSACTIONS: usize = 65_536;
+/// TCP connections reassembled at once at most.
+const MAX_STREAMS: usize = 16_384;
+/// How often the reader looks up from the socket even when nothing arrives.
+const TICK: Duration = Duration::from_millis(200);
+
+/// What the daemon tells the reader.
+enum Control {
+    Reconfigure(Box<Responsive>, Exempt),
+    Forgive(IpAddr),
+    Stop,
+}
+
+/// Addresses no detector may ban, from the policy: management, trusted and
+/// trunk networks. (Their traffic mostly bypasses the watch in the kernel
+/// already; this is the second line.)
+pub fn exempt_of(policy: &Policy) -> Exempt {
+    let mut nets: Vec<ipnet::IpNet> = policy.management.iter().map(|m| m.value).collect();
+    nets.extend(policy.networks(Zone::Trusted).map(|n| n.value));
+    nets.extend(policy.trunk_networks());
+    Exempt {
+        nets,
+        addrs: Default::default(),
+    }
+}
+
+/// A running watch.
+pub struct Watch {
+    control: Sender<Control>,
+    reader: Option<JoinHandle<()>>,
+    enforcer: Option<JoinHandle<()>>,
+    group: u16,
+}
+
+impl Watch {
+    /// Binds the NFLOG group and starts both threads.
+    pub fn start(nft: Nft, policy: &Policy) -> std::io::Result<Watch> {
+        let cfg = policy.responsive.clone();
+        let group = cfg.nflog_group;
+        let nflog = Nflog::open(group, TICK)?;
+        let (control, control_rx) = channel();
+        let (actions, actions_rx) = channel();
+        let exempt = exempt_of(policy);
+        let enforcer = std::thread::Builder::new()
+            .name("watch-enforcer".into())
+            .spawn(move || enforce_loop(NftShell::new(nft), actions_rx))?;
+        let reader = std::thread::Builder::new()
+            .name("watch-reader".into())
+            .spawn(move || {
+                let mut reader = Reader::new(cfg, exempt, actions);
+                reader.run(nflog, control_rx);
+            })?;
+        info!(group, "SIP watch started");
+        Ok(Watch {
+            control,
+            reader: Some(reader),
+            enforcer: Some(enforcer),
+            group,
+        })
+    }
+
+    pub fn group(&self) -> u16 {
+        self.group
+    }
+
+    /// New settings and exemptions; what was learnt about sources is kept.
+    pub fn reconfigure(&self, policy: &Policy) {
+        let _ = self.control.send(Control::Reconfigure(
+            Box::new(policy.responsive.clone()),
+            exempt_of(policy),
+        ));
+    }
+
+    /// An operator lifted a ban: the detectors forget what they held against it.
+    pub fn forgive(&self, addr: IpAddr) {
+        let _ = self.control.send(Control::Forgive(addr));
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        // The reader dropped its sender: the enforcer drains and ends.
+        if let Some(e) = self.enforcer.take() {
+            let _ = e.join();
+        }
+    }
+}
+
+/// One action with the moment its proof arrived, for the latency metric.
+struct Timed {
+    action: Action,
+    seen: Instant,
+}
+
+/// The packet path: copy → IP/UDP/TCP → SIP → events → actions.
+pub struct Reader {
+    judge: Judge,
+    tracker: Tracker,
+    streams: Streams<(SocketAddr, SocketAddr)>,
+    limits: Limits,
+    events: Vec<Event>,
+    actions_buf: Vec<Action>,
+    actions: Sender<Timed>,
+    last_tick: Instant,
+}
+
+impl Reader {
+    fn new(cfg: Responsive, exempt: Exempt, actions: Sender<Timed>) -> Reader {
+        let mut judge = Judge::new(cfg);
+        judge.set_exempt(exempt);
+        Reader {
+            judge,
+            tracker: Tracker::new(MAX_TRANSACTIONS),
+            streams: Streams::new(MAX_STREAMS, StreamConfig::default()),
+            limits: Limits::default(),
+            events: Vec::new(),
+            actions_buf: Vec::new(),
+            actions,
+            last_tick: Instant::now(),
+        }
+    }
+
+    fn run(&mut self, mut nflog: Nflog, control: Receiver<Control>) {
+        loop {
+            match nflog.read(|copied| {
+                let at = Instant::now();
+                self.packet(at, copied.prefix, copied.payload);
+            }) {
+                Ok(Read::Packets(n)) => {
+                    metrics::counter!("palisade_watch_packets_total").increment(n as u64)
+                }
+                Ok(Read::Idle) => {}
+                Ok(Read::Overrun) => {
+                    metrics::counter!("palisade_watch_overruns_total").increment(1);
+                    debug!("NFLOG overrun: the kernel dropped copies");
+                }
+                Err(e) => {
+                    error!(error = %e, "NFLOG read failed; the watch stops (rules and bans stay)");
+                    return;
+                }
+            }
+            if self.last_tick.elapsed() >= TICK {
+                self.last_tick = Instant::now();
+                metrics::gauge!("palisade_watch_sources").set(self.judge.sources() as f64);
+                loop {
+                    match control.try_recv() {
+                        Ok(Control::Reconfigure(cfg, exempt)) => {
+                            self.judge.reconfigure(*cfg);
+                            self.judge.set_exempt(exempt);
+                        }
+                        Ok(Control::Forgive(addr)) => self.judge.forgive(addr),
+                        Ok(Control::Stop) | Err(TryRecvError::Disconnected) => return,
+                        Err(TryRecvError::Empty) => break,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Judges one copied packet (public for the benchmark).
+    pub fn packet(&mut self, at: Instant, prefix: &[u8], payload: &[u8]) {
+        let dir = if prefix == LOG_IN.as_bytes() {
+            Direction::In
+        } else if prefix == LOG_OUT.as_bytes() {
+            Direction::Out
+        } else if prefix == LOG_TIER_BAN.as_bytes() {
+            if let Ok(p) = decode(payload) {
+                self.judge.tier_ban(p.src.ip(), at, &mut self.actions_buf);
+                self.flush(at);
+            }
+            return;
+        } else {
+            return;
+        };
+        let Ok(p) = decode(payload) else {
+            metrics::counter!("palisade_watch_undecodable_total").increment(1);
+            return;
+        };
+        let peer = match dir {
+            Direction::In => p.src.ip(),
+            Direction::Out => p.dst.ip(),
+        };
+        match p.l4 {
+            L4::Udp => self.datagram(at, dir, peer, p.payload),
+            L4::Tcp { seq, syn, fin, rst } => {
+                let key = (p.src, p.dst);
+                if syn {
+                    // The SYN takes one sequence number; data starts after it.
+                    self.streams.open(key, seq.wrapping_add(1));
+                }
+                if !p.payload.is_empty() {
+                    let Reader {
+                        streams,
+                        tracker,
+                        limits,
+                        events,
+                        ..
+                    } = self;
+                    let mut garbage = 0u32;
+                    streams.push(key, seq, p.payload, |msg| {
+                        match sip::parse(msg, Transport::Stream, limits) {
+                            Ok(Parsed::Message(m, _)) => tracker.observe(at, dir, peer, &m, events),
+                            Ok(_) => {}
+                            Err(e) if dir == Direction::In => {
+                                garbage += 1;
+                                tracker.garbage(at, peer, &e.to_string(), events);
+                            }
+                            Err(_) => {}
+                        }
+                    });
+                    if garbage > 0 {
+                        metrics::counter!("palisade_watch_garbage_total").increment(garbage.into());
+                    }
+                }
+                if fin || rst {
+                    self.streams.close(&key);
+                }
+            }
+        }
+        self.judge_events(at);
+    }
+
+    fn datagram(&mut self, at: Instant, dir: Direction, peer: IpAddr, payload: &[u8]) {
+        match sip::parse(payload, Transport::Datagram, &self.limits) {
+            Ok(Parsed::Message(m, _)) => self.tracker.observe(at, dir, peer, &m, &mut self.events),
+            Ok(_) => {}
+            Err(e) => {
+                if dir == Direction::In {
+                    metrics::counter!("palisade_watch_garbage_total").increment(1);
+                    self.tracker.garbage(at, peer, &e.to_string(), &mut self.events);
+                }
+            }
+        }
+    }
+
+    fn judge_events(&mut self, at: Instant) {
+        for ev in self.events.drain(..) {
+            self.judge.observe(ev, &mut self.actions_buf);
+        }
+        self.flush(at);
+    }
+
+    fn flush(&mut self, seen: Instant) {
+        for action in self.actions_buf.drain(..) {
+            let _ = self.actions.send(Timed { action, seen });
+        }
+    }
+
+    /// For the benchmark: a reader whose actions go to `sink`.
+    pub fn for_bench(cfg: Responsive) -> (Reader, Receiver<Action>) {
+        let (tx, rx) = channel::<Timed>();
+        let (out_tx, out_rx) = channel();
+        std::thread::spawn(move || {
+            for t in rx {
+                if out_tx.send(t.action).is_err() {
+                    return;
+                }
+            }
+        });
+        (Reader::new(cfg, Exempt::default(), tx), out_rx)
+    }
+}
+
+fn log_verdict(v: &Verdict) {
+    warn!(
+        addr = %v.addr,
+        reason = %v.reason,
+        detail = %v.detail,
+        evidence = ?v.evidence,
+        duration = %humantime::format_duration(v.duration),
+        offence = v.offence,
+        "banned"
+    );
+}
+
+/// Applies actions as they come, in batches: everything that queued up while
+/// the previous transaction ran goes into the next one.
+fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
+    if let Err(e) = shell.warm_up() {
+        warn!(error = %e, "the nft shell did not start; will retry at the first verdict");
+    }
+    while let Ok(first) = actions.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = actions.try_recv() {
+            batch.push(more);
+        }
+        // Last word per (set, address) wins.
+        let mut renew: BTreeMap<(DynSet, IpAddr), Option<TimedAddr>> = BTreeMap::new();
+        let mut oldest = Instant::now();
+        for t in &batch {
+            oldest = oldest.min(t.seen);
+            match &t.action {
+                Action::Ban(v) => {
+                    log_verdict(v);
+                    metrics::counter!("palisade_bans_total", "reason" => v.reason.as_str())
+                        .increment(1);
+                    renew.insert(
+                        (DynSet::Ban, v.addr),
+                        Some(TimedAddr {
+                            addr: v.addr,
+                            ttl: Some(v.duration),
+                            expires: None,
+                            comment: Some(clip_comment(&v.comment())),
+                        }),
+                    );
+                }
+                Action::KnownGood { addr, ttl, users } => {
+                    debug!(%addr, ttl = ?ttl, ?users, "known-good");
+                    let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+                    renew.insert(
+                        (DynSet::KnownGood, *addr),
+                        Some(TimedAddr {
+                            addr: *addr,
+                            ttl: Some((*ttl).max(Duration::from_secs(1))),
+                            expires: None,
+                            comment: Some(clip_comment(&format!(
+                                "registered: {}",
+                                users.join(",")
+                            ))),
+                        }),
+                    );
+                }
+                Action::KnownGoodEnd { addr } => {
+                    debug!(%addr, "no longer known-good");
+                    renew.insert((DynSet::KnownGood, *addr), None);
+                }
+                Action::Notice {
+                    addr,
+                    user,
+                    failures,
+                } => {
+                    metrics::counter!("palisade_auth_failures_noticed_total").increment(1);
+                    warn!(%addr, user = %user, failures, "extension failing to authenticate");
+                }
+            }
+        }
+        for set in [DynSet::Ban, DynSet::KnownGood] {
+            let mut add = Vec::new();
+            let mut end = Vec::new();
+            for ((s, addr), elem) in &renew {
+                if *s != set {
+                    continue;
+                }
+                match elem {
+                    Some(e) => add.push(e.clone()),
+                    None => end.push(*addr),
+                }
+            }
+            if add.is_empty() && end.is_empty() {
+                continue;
+            }
+            match shell.apply(&element_renew(set, &add, &end)) {
+                Ok(()) => {
+                    if set == DynSet::Ban {
+                        metrics::histogram!("palisade_ban_seconds")
+                            .record(oldest.elapsed().as_secs_f64());
+                    }
+                }
+                Err(e) => error!(%set, error = %e, "cannot update the kernel set"),
+            }
+        }
+    }
+}
