@@ -518,7 +518,9 @@ fn follow_watch(agent: &Agent, watch: &mut Option<crate::watch::Watch>) {
             *watch = None;
             match crate::watch::Watch::start(agent.nft.clone(), &policy) {
                 Ok(w) => *watch = Some(w),
-                Err(e) => error!(error = %e, "cannot start the SIP watch; the kernel's rate tiers still apply"),
+                Err(e) => {
+                    error!(error = %e, "cannot start the SIP watch; the kernel's rate tiers still apply")
+                }
             }
         }
     }

@@ -50,7 +50,11 @@ impl Verdict {
     /// The kernel element's comment: reason first, so a clipped comment still says why.
     pub fn comment(&self) -> String {
         // nft prints comments in double quotes without escaping them.
-        format!("{}: {} (offence {})", self.reason, self.detail, self.offence).replace('"', "'")
+        format!(
+            "{}: {} (offence {})",
+            self.reason, self.detail, self.offence
+        )
+        .replace('"', "'")
     }
 }
 
@@ -65,7 +69,9 @@ pub enum Action {
         users: Vec<Box<str>>,
     },
     /// The last registration from `addr` ended.
-    KnownGoodEnd { addr: IpAddr },
+    KnownGoodEnd {
+        addr: IpAddr,
+    },
     /// For the operator: an extension failing to authenticate, and from where.
     Notice {
         addr: IpAddr,
@@ -253,11 +259,9 @@ impl Judge {
                 finding
             }
             Kind::Challenged { user } => state.enumeration.challenged(cfg, user, now, factor),
-            Kind::UnknownUser { user, status } => {
-                state
-                    .enumeration
-                    .unknown_user(cfg, user, *status, now, factor)
-            }
+            Kind::UnknownUser { user, status } => state
+                .enumeration
+                .unknown_user(cfg, user, *status, now, factor),
             Kind::Garbage { error } => state.flood.garbage(cfg, error, now, factor),
             Kind::Registered { .. } | Kind::Unregistered { .. } => None,
         };
@@ -444,7 +448,10 @@ mod tests {
     fn a_scanner_is_banned_at_its_first_request_with_evidence() {
         let mut j = Judge::new(Responsive::default());
         let mut out = Vec::new();
-        j.observe(ev(Instant::now(), "203.0.113.9", request("friendly-scanner")), &mut out);
+        j.observe(
+            ev(Instant::now(), "203.0.113.9", request("friendly-scanner")),
+            &mut out,
+        );
         let v = bans(&out)[0];
         assert_eq!(v.reason, Reason::Scanner);
         assert_eq!(v.duration, Duration::from_secs(600));
@@ -463,7 +470,10 @@ mod tests {
         let t0 = Instant::now();
         j.observe(ev(t0, "203.0.113.9", request("friendly-scanner")), &mut out);
         for i in 0..100 {
-            j.observe(ev(t0 + Duration::from_millis(i), "203.0.113.9", failed("300")), &mut out);
+            j.observe(
+                ev(t0 + Duration::from_millis(i), "203.0.113.9", failed("300")),
+                &mut out,
+            );
         }
         j.tier_ban("203.0.113.9".parse().unwrap(), t0, &mut out);
         assert!(bans(&out).is_empty());
@@ -493,7 +503,14 @@ mod tests {
         let mut out = Vec::new();
         let t0 = Instant::now();
         for i in 0..10 {
-            j.observe(ev(t0 + Duration::from_millis(i), "198.51.100.7", request("friendly-scanner")), &mut out);
+            j.observe(
+                ev(
+                    t0 + Duration::from_millis(i),
+                    "198.51.100.7",
+                    request("friendly-scanner"),
+                ),
+                &mut out,
+            );
         }
         assert_eq!(bans(&out).len(), 1);
     }
@@ -508,8 +525,14 @@ mod tests {
             contact: contact.into(),
             expires: Duration::from_secs(secs),
         };
-        j.observe(ev(t0, "192.0.2.50", reg("301", "sip:301@10.0.0.2:5062", 120)), &mut out);
-        j.observe(ev(t0, "192.0.2.50", reg("302", "sip:302@10.0.0.3:5062", 60)), &mut out);
+        j.observe(
+            ev(t0, "192.0.2.50", reg("301", "sip:301@10.0.0.2:5062", 120)),
+            &mut out,
+        );
+        j.observe(
+            ev(t0, "192.0.2.50", reg("302", "sip:302@10.0.0.3:5062", 60)),
+            &mut out,
+        );
         let addr: IpAddr = "192.0.2.50".parse().unwrap();
         assert!(j.is_known_good(addr, t0 + Duration::from_secs(100)));
         assert!(!j.is_known_good(addr, t0 + Duration::from_secs(121)));
@@ -537,11 +560,15 @@ mod tests {
         let mut out = Vec::new();
         let t0 = Instant::now();
         j.observe(
-            ev(t0, "192.0.2.50", Kind::Registered {
-                user: "301".into(),
-                contact: "sip:301@10.0.0.2".into(),
-                expires: Duration::from_secs(3600),
-            }),
+            ev(
+                t0,
+                "192.0.2.50",
+                Kind::Registered {
+                    user: "301".into(),
+                    contact: "sip:301@10.0.0.2".into(),
+                    expires: Duration::from_secs(3600),
+                },
+            ),
             &mut out,
         );
         // 300 retries a wrong password every 10 s, twice per attempt, for 3 minutes.

@@ -1,9 +1,9 @@
 //! The responsive firewall's brain: SIP parsing, transaction tracking, detectors; no I/O.
 
-pub mod sip;
 pub mod detect;
 pub mod event;
 pub mod judge;
+pub mod sip;
 pub mod track;
 
 pub use detect::{Finding, Reason};

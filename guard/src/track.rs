@@ -124,7 +124,8 @@ impl Tracker {
             "{} {}{}{}",
             String::from_utf8_lossy(method_bytes),
             user.map(excerpt).unwrap_or_else(|| "-".into()),
-            ua.map(|u| format!(" ua={:?}", excerpt(u))).unwrap_or_default(),
+            ua.map(|u| format!(" ua={:?}", excerpt(u)))
+                .unwrap_or_default(),
             if credentials { " auth" } else { "" },
         );
         if let (Some(call_id), Some((cseq, _))) = (msg.call_id(), msg.cseq()) {
@@ -193,7 +194,11 @@ impl Tracker {
             403 if p.credentials => Kind::AuthFailed { user },
             403 | 404 => Kind::UnknownUser { user, status },
             200..=299 if &*p.method == "REGISTER" => {
-                let aor = p.aor.clone().or(p.user.clone()).unwrap_or_else(|| "-".into());
+                let aor = p
+                    .aor
+                    .clone()
+                    .or(p.user.clone())
+                    .unwrap_or_else(|| "-".into());
                 match registration(&p, msg) {
                     Some((contact, expires)) if expires > 0 => Kind::Registered {
                         user: aor,
@@ -229,9 +234,7 @@ fn registration(p: &Pending, msg: &Message<'_>) -> Option<(Box<str>, u32)> {
     // The registrar lists every binding of the AOR; ours is the one with our URI.
     let granted = msg
         .contacts()
-        .find(|c| {
-            c.uri == contact.as_bytes() || c.uri.eq_ignore_ascii_case(contact.as_bytes())
-        })
+        .find(|c| c.uri == contact.as_bytes() || c.uri.eq_ignore_ascii_case(contact.as_bytes()))
         .and_then(|c| c.expires);
     let expires = granted
         .or_else(|| msg.expires())

@@ -343,11 +343,7 @@ fn count(
     let Some(v) = value else { return Ok(None) };
     let n = *v.get_ref();
     if !(1..=max).contains(&n) {
-        return Err(doc.error(
-            v.span(),
-            field,
-            format!("{n} is out of range (1-{max})"),
-        ));
+        return Err(doc.error(v.span(), field, format!("{n} is out of range (1-{max})")));
     }
     Ok(Some(n as u32))
 }
@@ -382,7 +378,11 @@ fn validate_responsive(doc: &Doc<'_>, raw: RawResponsive) -> Result<Responsive, 
         let mut durations = Vec::new();
         for text in list.get_ref() {
             let d = humantime::parse_duration(text).map_err(|e| {
-                doc.error(list.span(), field, format!("`{text}` is not a duration: {e}"))
+                doc.error(
+                    list.span(),
+                    field,
+                    format!("`{text}` is not a duration: {e}"),
+                )
             })?;
             if d.is_zero() {
                 return Err(doc.error(list.span(), field, "a ban of 0 s is no ban"));
@@ -400,22 +400,90 @@ fn validate_responsive(doc: &Doc<'_>, raw: RawResponsive) -> Result<Responsive, 
             *slot = v;
         }
     };
-    set(&mut r.tiers.rate, count(doc, &t.rate, "responsive.tiers.rate", 100_000)?);
-    set(&mut r.tiers.burst, count(doc, &t.burst, "responsive.tiers.burst", 100_000)?);
-    set(&mut r.tiers.strikes, count(doc, &t.strikes, "responsive.tiers.strikes", 1_000_000)?);
+    set(
+        &mut r.tiers.rate,
+        count(doc, &t.rate, "responsive.tiers.rate", 100_000)?,
+    );
+    set(
+        &mut r.tiers.burst,
+        count(doc, &t.burst, "responsive.tiers.burst", 100_000)?,
+    );
+    set(
+        &mut r.tiers.strikes,
+        count(doc, &t.strikes, "responsive.tiers.strikes", 1_000_000)?,
+    );
     if let Some(d) = t.flood_ban {
         r.tiers.flood_ban = d;
     }
     let d = &raw.detect;
     let det = &mut r.detect;
-    set(&mut det.burst_failures, count(doc, &d.burst_failures, "responsive.detect.burst_failures", 1000)?);
-    set(&mut det.slow_failures, count(doc, &d.slow_failures, "responsive.detect.slow_failures", 100_000)?);
-    set(&mut det.distinct_failing_users, count(doc, &d.distinct_failing_users, "responsive.detect.distinct_failing_users", 10_000)?);
-    set(&mut det.distinct_unknown_users, count(doc, &d.distinct_unknown_users, "responsive.detect.distinct_unknown_users", 10_000)?);
-    set(&mut det.distinct_unanswered_users, count(doc, &d.distinct_unanswered_users, "responsive.detect.distinct_unanswered_users", 10_000)?);
-    set(&mut det.garbage, count(doc, &d.garbage, "responsive.detect.garbage", 100_000)?);
-    set(&mut det.flood_rate, count(doc, &d.flood_rate, "responsive.detect.flood_rate", 1_000_000)?);
-    set(&mut det.known_good_factor, count(doc, &d.known_good_factor, "responsive.detect.known_good_factor", 1000)?);
+    set(
+        &mut det.burst_failures,
+        count(
+            doc,
+            &d.burst_failures,
+            "responsive.detect.burst_failures",
+            1000,
+        )?,
+    );
+    set(
+        &mut det.slow_failures,
+        count(
+            doc,
+            &d.slow_failures,
+            "responsive.detect.slow_failures",
+            100_000,
+        )?,
+    );
+    set(
+        &mut det.distinct_failing_users,
+        count(
+            doc,
+            &d.distinct_failing_users,
+            "responsive.detect.distinct_failing_users",
+            10_000,
+        )?,
+    );
+    set(
+        &mut det.distinct_unknown_users,
+        count(
+            doc,
+            &d.distinct_unknown_users,
+            "responsive.detect.distinct_unknown_users",
+            10_000,
+        )?,
+    );
+    set(
+        &mut det.distinct_unanswered_users,
+        count(
+            doc,
+            &d.distinct_unanswered_users,
+            "responsive.detect.distinct_unanswered_users",
+            10_000,
+        )?,
+    );
+    set(
+        &mut det.garbage,
+        count(doc, &d.garbage, "responsive.detect.garbage", 100_000)?,
+    );
+    set(
+        &mut det.flood_rate,
+        count(
+            doc,
+            &d.flood_rate,
+            "responsive.detect.flood_rate",
+            1_000_000,
+        )?,
+    );
+    set(
+        &mut det.known_good_factor,
+        count(
+            doc,
+            &d.known_good_factor,
+            "responsive.detect.known_good_factor",
+            1000,
+        )?,
+    );
     for (slot, v) in [
         (&mut det.burst_window, d.burst_window),
         (&mut det.slow_window, d.slow_window),
@@ -699,6 +767,34 @@ session_grace = "1h"
         let e =
             err("[zones.local]\ninterfaces = [\"eth1\"]\n[zones.other]\ninterfaces = [\"eth1\"]\n");
         assert!(e.message.contains("already assigned to zone local"), "{e}");
+    }
+
+    #[test]
+    fn responsive_settings_parse_and_bad_ones_are_named() {
+        let p = parse_policy(
+            "[responsive]\nscanner_user_agents = [\"EvilDialer\"]\nban_durations = [\"5m\", \"2h\"]\n[responsive.tiers]\nrate = 5\n[responsive.detect]\nslow_failures = 30\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(p.responsive.tiers.rate, 5);
+        assert_eq!(p.responsive.detect.slow_failures, 30);
+        assert_eq!(p.responsive.ban_duration(2), Duration::from_secs(7200));
+        assert_eq!(
+            p.responsive.scanner_user_agents,
+            vec!["EvilDialer".to_string()]
+        );
+        let e = err("[responsive.tiers]\nrate = 0\n");
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (2, "responsive.tiers.rate"),
+            "{e}"
+        );
+        let e = err("[responsive]\nban_durations = [\"soon\"]\n");
+        assert!(e.to_string().contains("`soon` is not a duration"), "{e}");
+        let e = err("[responsive]\nscanner_user_agents = [\"x\"]\n");
+        assert!(e.to_string().contains("at least 3 characters"), "{e}");
+        let e = err("[responsive.detect]\nbogus = 1\n");
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The validated policy: what the agent enforces.
 
 use crate::facts::{PbxFacts, Peer, PeerTarget, Transport};
-use crate::service::{PortSpec, Proto, Service};
 use crate::responsive::Responsive;
+use crate::service::{PortSpec, Proto, Service};
 use crate::zone::Zone;
 use ipnet::IpNet;
 use std::collections::BTreeMap;

@@ -142,7 +142,7 @@ impl Default for Responsive {
                 Duration::from_secs(7 * 86_400),
             ],
             offence_memory: Duration::from_secs(30 * 86_400),
-            max_sources: 100_000,
+            max_sources: 20_000,
         }
     }
 }
@@ -153,7 +153,11 @@ impl Responsive {
         SCANNER_USER_AGENTS
             .iter()
             .map(|s| s.to_string())
-            .chain(self.scanner_user_agents.iter().map(|s| s.to_ascii_lowercase()))
+            .chain(
+                self.scanner_user_agents
+                    .iter()
+                    .map(|s| s.to_ascii_lowercase()),
+            )
             .collect()
     }
 

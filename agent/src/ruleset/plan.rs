@@ -259,10 +259,7 @@ pub fn plan(
         if drifted {
             // Flush and refill inside the same transaction: no moment without rules.
             summary.static_changed = true;
-            let chains = desired
-                .chains
-                .iter()
-                .map(|c| (c.name.as_str(), c.hook));
+            let chains = desired.chains.iter().map(|c| (c.name.as_str(), c.hook));
             for (name, hook) in chains.chain([(INFO_CHAIN, None)]) {
                 batch.add(NfListObject::Chain(chain_object(name, hook)));
                 batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(name, hook))));
@@ -423,7 +420,11 @@ pub fn element_changes(
 /// now: each is added bare, deleted, then re-added timed, in one transaction.
 /// This never fails for a missing or an existing element, which the fast path
 /// cannot know without listing the set.
-pub fn element_renew(set: DynSet, renew: &[TimedAddr], end: &[std::net::IpAddr]) -> Nftables<'static> {
+pub fn element_renew(
+    set: DynSet,
+    renew: &[TimedAddr],
+    end: &[std::net::IpAddr],
+) -> Nftables<'static> {
     let mut batch = Batch::new();
     for family in Family::ALL {
         let name = super::render::dyn_set_name(set, family);

@@ -252,9 +252,12 @@ fn per_family(
 
 /// `tcp dport {…} counter accept` for each protocol a service uses.
 fn service_rules(service: &Service) -> Vec<RuleSpec> {
-    port_rules(&service.ports, "dport", &format!("service {}", service.name), || {
-        vec![counter(), accept()]
-    })
+    port_rules(
+        &service.ports,
+        "dport",
+        &format!("service {}", service.name),
+        || vec![counter(), accept()],
+    )
 }
 
 fn icmp_echo_rules() -> Vec<RuleSpec> {
@@ -332,7 +335,13 @@ fn nflog(group: u16, prefix: &str) -> Statement<'static> {
 }
 
 /// A per-source meter: matches when `saddr` exceeds `rate`/s with `burst`.
-fn meter_over(name: String, family: Family, rate: u32, burst: u32, idle: u32) -> Statement<'static> {
+fn meter_over(
+    name: String,
+    family: Family,
+    rate: u32,
+    burst: u32,
+    idle: u32,
+) -> Statement<'static> {
     Statement::Meter(Meter {
         name: Cow::Owned(name),
         key: Expression::Named(NamedExpression::Elem(Elem {
@@ -365,7 +374,10 @@ fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
     let mut guard = Vec::new();
     for (base, comment) in [
         ("zone_trusted".to_string(), "guard: trusted"),
-        (DynSet::Resolved(Zone::Trusted).base_name(), "guard: trusted, resolved"),
+        (
+            DynSet::Resolved(Zone::Trusted).base_name(),
+            "guard: trusted, resolved",
+        ),
         ("trunk".to_string(), "guard: trunk"),
         (DynSet::Trunk.base_name(), "guard: trunk, resolved"),
     ] {
@@ -381,21 +393,35 @@ fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
         guard.push(rule(
             "guard: tier",
             vec![
-                meter_over(set_name("tier", family), family, tiers.rate, tiers.burst, TIER_STATE_TIMEOUT),
+                meter_over(
+                    set_name("tier", family),
+                    family,
+                    tiers.rate,
+                    tiers.burst,
+                    TIER_STATE_TIMEOUT,
+                ),
                 jump(FLOOD_CHAIN),
             ],
         ));
     }
     guard.push(rule("guard: watch", vec![goto(WATCH_CHAIN)]));
 
-    let ban_secs = u32::try_from(tiers.flood_ban.as_secs()).unwrap_or(u32::MAX).max(1);
+    let ban_secs = u32::try_from(tiers.flood_ban.as_secs())
+        .unwrap_or(u32::MAX)
+        .max(1);
     let mut flood: Vec<RuleSpec> = Family::ALL
         .into_iter()
         .map(|family| {
             rule(
                 "flood: kept exceeding the tier, banned",
                 vec![
-                    meter_over(set_name("strike", family), family, 1, tiers.strikes, 3 * TIER_STATE_TIMEOUT),
+                    meter_over(
+                        set_name("strike", family),
+                        family,
+                        1,
+                        tiers.strikes,
+                        3 * TIER_STATE_TIMEOUT,
+                    ),
                     Statement::Set(nftables::stmt::Set {
                         op: SetOp::Update,
                         elem: Expression::Named(NamedExpression::Elem(Elem {
@@ -420,9 +446,21 @@ fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
         vec![nflog(r.nflog_group, LOG_IN)]
     });
     vec![
-        ChainSpec { name: GUARD_CHAIN.into(), hook: None, rules: guard },
-        ChainSpec { name: FLOOD_CHAIN.into(), hook: None, rules: flood },
-        ChainSpec { name: WATCH_CHAIN.into(), hook: None, rules: watch },
+        ChainSpec {
+            name: GUARD_CHAIN.into(),
+            hook: None,
+            rules: guard,
+        },
+        ChainSpec {
+            name: FLOOD_CHAIN.into(),
+            hook: None,
+            rules: flood,
+        },
+        ChainSpec {
+            name: WATCH_CHAIN.into(),
+            hook: None,
+            rules: watch,
+        },
     ]
 }
 
@@ -433,9 +471,12 @@ fn output_rules(policy: &Policy) -> Vec<RuleSpec> {
     if !r.enabled {
         return Vec::new();
     }
-    port_rules(&policy.sip_watch_ports(), "sport", "watch: sip answers", || {
-        vec![nflog(r.nflog_group, LOG_OUT)]
-    })
+    port_rules(
+        &policy.sip_watch_ports(),
+        "sport",
+        "watch: sip answers",
+        || vec![nflog(r.nflog_group, LOG_OUT)],
+    )
 }
 
 fn input_rules(policy: &Policy, stage: Stage) -> Vec<RuleSpec> {
@@ -445,9 +486,12 @@ fn input_rules(policy: &Policy, stage: Stage) -> Vec<RuleSpec> {
             if !r.enabled {
                 return Vec::new();
             }
-            port_rules(&policy.signalling_ports(), "dport", "guard: signalling", || {
-                vec![jump(GUARD_CHAIN)]
-            })
+            port_rules(
+                &policy.signalling_ports(),
+                "dport",
+                "guard: signalling",
+                || vec![jump(GUARD_CHAIN)],
+            )
         }
         Stage::Loopback => vec![rule(
             "loopback",
@@ -788,6 +832,93 @@ mod tests {
             rendered("[[services]]\nname = \"ssh\"\nzones = [\"other\"]\n").fingerprint
         );
         assert_eq!(json(&rendered("")), json(&rendered("")));
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+    use palisade_model::parse_policy;
+
+    fn chain<'a>(d: &'a Desired, name: &str) -> &'a ChainSpec {
+        d.chains
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no chain {name}"))
+    }
+
+    fn json<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap()
+    }
+
+    #[test]
+    fn signalling_meets_the_guard_before_conntrack() {
+        let d = render(&parse_policy("", "t").unwrap());
+        let input = &chain(&d, INPUT_CHAIN).rules;
+        let pos = |c: &str| input.iter().position(|r| r.comment == c).unwrap();
+        assert!(pos("ban: ban_shared") < pos("guard: signalling"));
+        assert!(pos("guard: signalling") < pos("established"));
+        let guard = json(
+            &input
+                .iter()
+                .filter(|r| r.comment == "guard: signalling")
+                .collect::<Vec<_>>(),
+        );
+        // SIP udp/tcp/tls and IAX2.
+        for port in ["5060", "5061", "4569"] {
+            assert!(guard.contains(port), "{guard}");
+        }
+    }
+
+    #[test]
+    fn trusted_trunks_and_known_good_bypass_the_tiers() {
+        let d = render(&parse_policy("", "t").unwrap());
+        let rules = &chain(&d, GUARD_CHAIN).rules;
+        let pos = |c: &str| rules.iter().position(|r| r.comment == c).unwrap();
+        assert!(pos("guard: trusted") < pos("guard: tier"));
+        assert!(pos("guard: trunk, resolved") < pos("guard: tier"));
+        assert!(pos("guard: known-good, watched only") < pos("guard: tier"));
+        let tier = json(&rules[pos("guard: tier")].expr);
+        assert!(
+            tier.contains("\"meter\"")
+                && tier.contains("\"rate\":10")
+                && tier.contains("\"burst\":20"),
+            "{tier}"
+        );
+        let flood = json(&chain(&d, FLOOD_CHAIN).rules[0].expr);
+        assert!(
+            flood.contains("@ban_v4") && flood.contains(LOG_TIER_BAN),
+            "{flood}"
+        );
+    }
+
+    #[test]
+    fn only_clear_text_sip_is_copied_both_ways() {
+        let d = render(&parse_policy("", "t").unwrap());
+        let watch = json(&chain(&d, WATCH_CHAIN).rules);
+        assert!(watch.contains(LOG_IN) && watch.contains("5060"));
+        assert!(
+            !watch.contains("5061") && !watch.contains("4569"),
+            "{watch}"
+        );
+        let out = chain(&d, OUTPUT_CHAIN);
+        assert_eq!(out.hook, Some(Hook::Output));
+        let out = json(&out.rules);
+        assert!(out.contains("sport") && out.contains(LOG_OUT), "{out}");
+    }
+
+    #[test]
+    fn tiers_follow_the_config_and_off_means_no_guard() {
+        let d = render(&parse_policy("[responsive.tiers]\nrate = 3\nburst = 7\n", "t").unwrap());
+        let tier = json(&chain(&d, GUARD_CHAIN).rules);
+        assert!(
+            tier.contains("\"rate\":3") && tier.contains("\"burst\":7"),
+            "{tier}"
+        );
+        let off = render(&parse_policy("[responsive]\nenabled = false\n", "t").unwrap());
+        assert!(off.chains.iter().all(|c| c.name != GUARD_CHAIN));
+        assert!(chain(&off, OUTPUT_CHAIN).rules.is_empty());
+        assert!(!json(&chain(&off, INPUT_CHAIN).rules).contains(GUARD_CHAIN));
     }
 }
 

@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 /// Open SIP transactions remembered at most.
-const MAX_TRANSACTIONS: usize = 65_536;
+const MAX_TRANSACTIONS: usize = 16_384;
 /// TCP connections reassembled at once at most.
-const MAX_STREAMS: usize = 16_384;
+const MAX_STREAMS: usize = 4_096;
 /// How often the reader looks up from the socket even when nothing arrives.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -265,7 +265,8 @@ impl Reader {
             Err(e) => {
                 if dir == Direction::In {
                     metrics::counter!("palisade_watch_garbage_total").increment(1);
-                    self.tracker.garbage(at, peer, &e.to_string(), &mut self.events);
+                    self.tracker
+                        .garbage(at, peer, &e.to_string(), &mut self.events);
                 }
             }
         }

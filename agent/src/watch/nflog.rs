@@ -54,10 +54,7 @@ impl Nflog {
         nix::sys::socket::setsockopt(
             &sock.as_fd(),
             nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(
-                timeout.as_secs() as i64,
-                timeout.subsec_micros() as i64,
-            ),
+            &nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64),
         )
         .map_err(io::Error::from)?;
         let mut nflog = Nflog {
@@ -65,19 +62,26 @@ impl Nflog {
             buf: vec![0; 1 << 17],
             group,
         };
-        nflog
-            .configure(vec![ConfigCmd::Bind.into()])
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot bind NFLOG group {group} (is another agent or ulogd using it?): {e}"),
-                )
-            })?;
-        nflog.configure(vec![ConfigMode::new(0xffff, netlink_packet_netfilter::nflog::CopyMode::Packet).into()])?;
+        nflog.configure(vec![ConfigCmd::Bind.into()]).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot bind NFLOG group {group} (is another agent or ulogd using it?): {e}"
+                ),
+            )
+        })?;
+        nflog.configure(vec![ConfigMode::new(
+            0xffff,
+            netlink_packet_netfilter::nflog::CopyMode::Packet,
+        )
+        .into()])?;
         Ok(nflog)
     }
 
-    fn configure(&mut self, nlas: Vec<netlink_packet_netfilter::nflog::ConfigNla>) -> io::Result<()> {
+    fn configure(
+        &mut self,
+        nlas: Vec<netlink_packet_netfilter::nflog::ConfigNla>,
+    ) -> io::Result<()> {
         let req = config_request(NetfilterProtoFamily::Unspec, self.group, nlas);
         let mut out = vec![0; req.header.length as usize];
         req.serialize(&mut out[..]);
@@ -103,7 +107,12 @@ impl Nflog {
     pub fn read(&mut self, mut f: impl FnMut(Copied<'_>)) -> io::Result<Read> {
         let n = match self.sock.recv(&mut &mut self.buf[..], 0) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return Ok(Read::Idle)
             }
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => return Ok(Read::Overrun),

@@ -9,7 +9,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
     Udp,
-    Tcp { seq: u32, syn: bool, fin: bool, rst: bool },
+    Tcp {
+        seq: u32,
+        syn: bool,
+        fin: bool,
+        rst: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +158,9 @@ mod tests {
     use super::*;
 
     fn udp4(payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+        let mut p = vec![
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+        ];
         let total = (20 + 8 + payload.len()) as u16;
         p[2..4].copy_from_slice(&total.to_be_bytes());
         p.extend_from_slice(&5062u16.to_be_bytes());
@@ -192,7 +199,14 @@ mod tests {
         b[4..6].copy_from_slice(&len.to_be_bytes());
         let p = decode(&b).unwrap();
         assert_eq!(p.src.port(), 40000);
-        assert!(matches!(p.l4, L4::Tcp { seq: 7, syn: false, .. }));
+        assert!(matches!(
+            p.l4,
+            L4::Tcp {
+                seq: 7,
+                syn: false,
+                ..
+            }
+        ));
         assert_eq!(p.payload, b"REGISTER");
     }
 

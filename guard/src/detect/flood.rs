@@ -49,7 +49,13 @@ impl Flood {
         })
     }
 
-    pub fn garbage(&mut self, cfg: &Detect, error: &str, now: Instant, factor: u32) -> Option<Finding> {
+    pub fn garbage(
+        &mut self,
+        cfg: &Detect,
+        error: &str,
+        now: Instant,
+        factor: u32,
+    ) -> Option<Finding> {
         let limit = (cfg.garbage * factor) as usize;
         let n = self.garbage.hit(now, cfg.burst_window, limit);
         (n >= limit).then(|| Finding {

@@ -72,10 +72,7 @@ impl Guessing {
         } else if count >= slow_limit {
             Some(Finding {
                 reason: Reason::SlowGuessing,
-                detail: format!(
-                    "user {user} failed {count} times in {}",
-                    short(slow_span)
-                ),
+                detail: format!("user {user} failed {count} times in {}", short(slow_span)),
             })
         } else if distinct >= stuffing_limit {
             Some(Finding {
@@ -141,7 +138,11 @@ mod tests {
         let mut g = Guessing::default();
         let t0 = Instant::now();
         let banned_at = (0..60)
-            .find(|i| g.failure(&cfg, "300", at(t0, *i as f64 * 10.0), 1).0.is_some())
+            .find(|i| {
+                g.failure(&cfg, "300", at(t0, *i as f64 * 10.0), 1)
+                    .0
+                    .is_some()
+            })
             .expect("never banned");
         assert!(banned_at < 60);
         assert_eq!(banned_at + 1, cfg.slow_failures as usize);
@@ -165,7 +166,10 @@ mod tests {
         let mut g = Guessing::default();
         let t0 = Instant::now();
         for i in 0..(cfg.burst_failures * 5 - 1) {
-            assert!(g.failure(&cfg, "300", at(t0, i as f64 * 0.1), 5).0.is_none());
+            assert!(g
+                .failure(&cfg, "300", at(t0, i as f64 * 0.1), 5)
+                .0
+                .is_none());
         }
     }
 }

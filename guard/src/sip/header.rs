@@ -30,6 +30,9 @@ macro_rules! known_headers {
         /// is the id stored in the header index.
         const KNOWN: &[HeaderName<'static>] = &[ $( HeaderName::$variant, )+ ];
 
+        /// The canonical spellings, in the same order as [`KNOWN`].
+        const SPELLINGS: &[&[u8]] = &[ $( $canonical.as_bytes(), )+ ];
+
         impl HeaderName<'_> {
             /// The canonical spelling, e.g. `"Call-ID"`; `Other` gives its own bytes.
             pub fn as_bytes(&self) -> &[u8] {
@@ -97,6 +100,28 @@ known_headers! {
 /// The id stored for a name that is not in [`KNOWN`].
 const OTHER_ID: u8 = u8::MAX;
 
+/// Known names per length: at most this many share a length.
+const PER_LENGTH: usize = 4;
+const NO_CANDIDATES: [u8; PER_LENGTH] = [OTHER_ID; PER_LENGTH];
+
+/// For each name length, the ids of the known names of that length, padded with
+/// [`OTHER_ID`]. Built at compile time; the build fails if a length has more than
+/// [`PER_LENGTH`] names.
+const BY_LENGTH: [[u8; PER_LENGTH]; 20] = {
+    let mut table = [NO_CANDIDATES; 20];
+    let mut id = 0;
+    while id < SPELLINGS.len() {
+        let bucket = &mut table[SPELLINGS[id].len()];
+        let mut slot = 0;
+        while bucket[slot] != OTHER_ID {
+            slot += 1;
+        }
+        bucket[slot] = id as u8;
+        id += 1;
+    }
+    table
+};
+
 impl<'a> HeaderName<'a> {
     /// Resolves a header name as received: case-insensitive, compact forms
     /// included. Unknown names become `Other(name)`.
@@ -104,11 +129,20 @@ impl<'a> HeaderName<'a> {
         if name.len() == 1 {
             return compact(name[0]).unwrap_or(HeaderName::Other(name));
         }
-        KNOWN
+        // Every header line goes through here: only the (at most four) known
+        // names of the same length are compared.
+        let candidates = BY_LENGTH.get(name.len()).unwrap_or(&NO_CANDIDATES);
+        candidates
             .iter()
-            .find(|known| known.as_bytes().eq_ignore_ascii_case(name))
-            .copied()
-            .unwrap_or(HeaderName::Other(name))
+            .take_while(|&&id| id != OTHER_ID)
+            .filter_map(|&id| {
+                Some((
+                    *SPELLINGS.get(usize::from(id))?,
+                    *KNOWN.get(usize::from(id))?,
+                ))
+            })
+            .find(|(spelling, _)| spelling.eq_ignore_ascii_case(name))
+            .map_or(HeaderName::Other(name), |(_, known)| known)
     }
 
     /// `Other(b"call-id")` names the same header as `CallId`: callers may build
@@ -146,7 +180,7 @@ impl Span {
     /// parser bug, never a panic).
     pub(crate) fn of<'a>(&self, raw: &'a [u8]) -> &'a [u8] {
         let start = self.start as usize;
-        let end = start + self.len as usize;
+        let end = start.saturating_add(self.len as usize);
         raw.get(start..end).unwrap_or_default()
     }
 }
@@ -242,8 +276,14 @@ pub(crate) fn is_lws(b: u8) -> bool {
 
 /// Trims linear whitespace (including folding line breaks) from both ends.
 pub fn trim(value: &[u8]) -> &[u8] {
-    let start = value.iter().position(|&b| !is_lws(b)).unwrap_or(value.len());
-    let end = value.iter().rposition(|&b| !is_lws(b)).map_or(start, |i| i + 1);
+    let start = value
+        .iter()
+        .position(|&b| !is_lws(b))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| !is_lws(b))
+        .map_or(start, |i| i + 1);
     &value[start..end]
 }
 
@@ -260,7 +300,10 @@ pub fn unfold(value: &[u8]) -> Cow<'_, [u8]> {
     while i < value.len() {
         let b = value[i];
         if b == b'\r' || b == b'\n' {
-            while out.last().is_some_and(|&last| last == b' ' || last == b'\t') {
+            while out
+                .last()
+                .is_some_and(|&last| last == b' ' || last == b'\t')
+            {
                 out.pop();
             }
             while i < value.len() && is_lws(value[i]) {
@@ -315,7 +358,10 @@ mod tests {
     fn every_known_name_round_trips_through_its_canonical_spelling() {
         for known in KNOWN {
             assert_eq!(HeaderName::from_bytes(known.as_bytes()), *known);
-            assert_eq!(known.id() as usize, KNOWN.iter().position(|k| k == known).unwrap());
+            assert_eq!(
+                known.id() as usize,
+                KNOWN.iter().position(|k| k == known).unwrap()
+            );
         }
     }
 
@@ -325,7 +371,11 @@ mod tests {
         let mut index = HeaderIndex::new();
         for i in 0..40 {
             let name = HeaderName::Other(&raw[i..=i]);
-            index.push(&name, Span::new(i, i + 1).unwrap(), Span::new(i, i + 2).unwrap());
+            index.push(
+                &name,
+                Span::new(i, i + 1).unwrap(),
+                Span::new(i, i + 2).unwrap(),
+            );
         }
         assert_eq!(index.len(), 40);
         let values: Vec<&[u8]> = index.iter(raw).map(|(_, v)| v).collect();
@@ -350,9 +400,18 @@ mod tests {
             Span::new(10, 17).unwrap(),
             Span::new(19, 22).unwrap(),
         );
-        assert_eq!(index.values(raw, HeaderName::Other(b"x-foo")).next(), Some(&b"1"[..]));
-        assert_eq!(index.values(raw, HeaderName::Other(b"CALL-ID")).next(), Some(&b"abc"[..]));
-        assert_eq!(index.values(raw, HeaderName::Other(b"i")).next(), Some(&b"abc"[..]));
+        assert_eq!(
+            index.values(raw, HeaderName::Other(b"x-foo")).next(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            index.values(raw, HeaderName::Other(b"CALL-ID")).next(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            index.values(raw, HeaderName::Other(b"i")).next(),
+            Some(&b"abc"[..])
+        );
         assert_eq!(index.values(raw, HeaderName::CallId).count(), 1);
     }
 

@@ -59,7 +59,12 @@ impl Default for Limits {
 }
 
 /// What [`parse`] found at the front of the buffer.
+///
+/// `Message` is large (the inline header index, about 750 bytes) and the other
+/// variants are small; boxing it would put a heap allocation on every parse, which
+/// is what the inline index is there to avoid.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed<'a> {
     /// A complete message and the number of bytes it took from the buffer
     /// (including any CRLFs skipped before it in a datagram, and excluding any
@@ -428,7 +433,10 @@ pub fn parse<'a>(
     transport: Transport,
     limits: &Limits,
 ) -> Result<Parsed<'a>, ParseError> {
-    let skip = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     if skip == buf.len() {
         return match (skip, transport) {
             (0, Transport::Stream) => Ok(Parsed::Incomplete),
@@ -567,13 +575,19 @@ fn parse_head<'a>(
                 }
                 Some(_) => {
                     let offset = base + pos;
-                    return Err(ParseError::BareCr { line: Line(line), offset });
+                    return Err(ParseError::BareCr {
+                        line: Line(line),
+                        offset,
+                    });
                 }
                 None => return need_more(msg.len(), cap, transport, base),
             },
             Some(b' ' | b'\t') => {
                 let offset = base + pos;
-                return Err(ParseError::OrphanContinuation { line: Line(line), offset });
+                return Err(ParseError::OrphanContinuation {
+                    line: Line(line),
+                    offset,
+                });
             }
             Some(_) => {}
         }
@@ -731,12 +745,11 @@ fn find_line_end(
     base: usize,
 ) -> Result<Option<(usize, usize)>, ParseError> {
     let mut i = from;
-    while i < buf.len() {
-        let b = buf[i];
-        if b >= 0x20 && b != 0x7f {
-            i += 1;
-            continue;
-        }
+    loop {
+        i = skip_plain(buf, i);
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
         match b {
             b'\n' => return Ok(Some((i, i + 1))),
             b'\r' => {
@@ -759,7 +772,38 @@ fn find_line_end(
             }
         }
     }
-    Ok(None)
+}
+
+/// Whether a byte is a control character (C0 or DEL), which the line scanner
+/// must look at.
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+/// The index of the first control byte at or after `i` (or the end). Header
+/// bytes are scanned eight at a time: this loop is most of the parser's work.
+fn skip_plain(buf: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(chunk) = buf.get(i..i + 8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_ne_bytes(bytes);
+        // Some byte < 0x20, or some byte == 0x7f (the classic SWAR tests; a byte
+        // >= 0x80 never sets its own flag, and no false negatives are possible).
+        let below = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let del = x ^ (ONES * 0x7f);
+        let del = del.wrapping_sub(ONES) & !del & HIGH;
+        if below | del != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while buf.get(i).is_some_and(|&b| !is_control(b)) {
+        i += 1;
+    }
+    i
 }
 
 fn bad_start(base: usize, reason: &'static str, line: &[u8]) -> ParseError {
@@ -772,7 +816,10 @@ fn bad_start(base: usize, reason: &'static str, line: &[u8]) -> ParseError {
 
 /// Parses a complete start line (without its line ending).
 fn parse_start_line(line: &[u8], base: usize) -> Result<StartLine<'_>, ParseError> {
-    let end = line.iter().rposition(|&b| !is_space(b)).map_or(0, |i| i + 1);
+    let end = line
+        .iter()
+        .rposition(|&b| !is_space(b))
+        .map_or(0, |i| i + 1);
     let line = &line[..end];
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
         parse_status_line(line, base)
@@ -782,7 +829,10 @@ fn parse_start_line(line: &[u8], base: usize) -> Result<StartLine<'_>, ParseErro
 }
 
 fn parse_request_line(line: &[u8], base: usize) -> Result<StartLine<'_>, ParseError> {
-    let method_end = line.iter().position(|&b| !is_token(b)).unwrap_or(line.len());
+    let method_end = line
+        .iter()
+        .position(|&b| !is_token(b))
+        .unwrap_or(line.len());
     if method_end == 0 {
         return Err(bad_start(base, "the method is not a token", line));
     }
@@ -793,11 +843,19 @@ fn parse_request_line(line: &[u8], base: usize) -> Result<StartLine<'_>, ParseEr
     let uri_end = rest.iter().position(|&b| is_space(b)).unwrap_or(rest.len());
     let uri = &rest[..uri_end];
     if !is_absolute_uri(uri) {
-        return Err(bad_start(base, "the Request-URI is not an absolute URI", line));
+        return Err(bad_start(
+            base,
+            "the Request-URI is not an absolute URI",
+            line,
+        ));
     }
     let version = skip_spaces(&rest[uri_end..]);
     if version.is_empty() {
-        return Err(bad_start(base, "no SIP version after the Request-URI", line));
+        return Err(bad_start(
+            base,
+            "no SIP version after the Request-URI",
+            line,
+        ));
     }
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
         return Err(bad_start(base, "the version is not SIP/2.0", line));
@@ -825,7 +883,11 @@ fn parse_status_line(line: &[u8], base: usize) -> Result<StartLine<'_>, ParseErr
     }
     let after = &rest[3..];
     if after.first().is_some_and(|&b| !is_space(b)) {
-        return Err(bad_start(base, "the status code has more than 3 digits", line));
+        return Err(bad_start(
+            base,
+            "the status code has more than 3 digits",
+            line,
+        ));
     }
     let code = code_bytes
         .iter()
@@ -840,7 +902,10 @@ fn parse_status_line(line: &[u8], base: usize) -> Result<StartLine<'_>, ParseErr
 /// has arrived already cannot begin a start line (binary junk, a 1 MB token): a
 /// stream otherwise waits for up to `max_header_bytes` of garbage.
 fn check_partial_start_line(partial: &[u8], base: usize) -> Result<(), ParseError> {
-    let first_len = partial.iter().position(|&b| b == b' ').unwrap_or(partial.len());
+    let first_len = partial
+        .iter()
+        .position(|&b| b == b' ')
+        .unwrap_or(partial.len());
     let first = &partial[..first_len];
     let version = b"SIP/2.0";
     let n = first.len().min(version.len());
@@ -866,13 +931,25 @@ fn is_absolute_uri(uri: &[u8]) -> bool {
         && colon + 1 < uri.len()
 }
 
-/// RFC 3261 §25.1 `token` characters.
+/// RFC 3261 §25.1 `token` characters, as a table: every header name is checked
+/// byte by byte.
+const TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[usize::from(b)]
 }
 
 fn is_space(b: u8) -> bool {
@@ -880,7 +957,10 @@ fn is_space(b: u8) -> bool {
 }
 
 fn skip_spaces(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| !is_space(b)).unwrap_or(bytes.len());
+    let start = bytes
+        .iter()
+        .position(|&b| !is_space(b))
+        .unwrap_or(bytes.len());
     &bytes[start..]
 }
 
@@ -954,6 +1034,25 @@ Content-Length: 0\r\n\
     }
 
     #[test]
+    fn skip_plain_finds_every_control_byte() {
+        for len in 0..20 {
+            for at in 0..=len {
+                for control in [0u8, b'\t', b'\n', b'\r', 0x1f, 0x7f] {
+                    let mut buf = vec![b'a'; len];
+                    // Bytes >= 0x80 and 0x20 are plain, and must not hide a control byte.
+                    for (i, b) in buf.iter_mut().enumerate() {
+                        *b = [b'a', 0x80, 0xff, 0x20, 0x7e, 0xa0][i % 6];
+                    }
+                    if at < len {
+                        buf[at] = control;
+                    }
+                    assert_eq!(skip_plain(&buf, 0), at, "len {len} at {at} byte {control}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn methods_round_trip() {
         for (method, name) in Method::KNOWN {
             assert_eq!(Method::from_bytes(name), method);
@@ -968,14 +1067,32 @@ Content-Length: 0\r\n\
         let ok = |line: &'static [u8]| parse_start_line(line, 0).unwrap();
         assert_eq!(
             ok(b"SIP/2.0 200 OK"),
-            StartLine::Response { code: 200, reason: b"OK" }
+            StartLine::Response {
+                code: 200,
+                reason: b"OK"
+            }
         );
         assert_eq!(
             ok(b"SIP/2.0 401 Unauthorized "),
-            StartLine::Response { code: 401, reason: b"Unauthorized" }
+            StartLine::Response {
+                code: 401,
+                reason: b"Unauthorized"
+            }
         );
-        assert_eq!(ok(b"SIP/2.0 100"), StartLine::Response { code: 100, reason: b"" });
-        assert_eq!(ok(b"sip/2.0 603 Decline"), StartLine::Response { code: 603, reason: b"Decline" });
+        assert_eq!(
+            ok(b"SIP/2.0 100"),
+            StartLine::Response {
+                code: 100,
+                reason: b""
+            }
+        );
+        assert_eq!(
+            ok(b"sip/2.0 603 Decline"),
+            StartLine::Response {
+                code: 603,
+                reason: b"Decline"
+            }
+        );
         for bad in [
             &b"SIP/2.0 2000 OK"[..],
             b"SIP/2.0 20 OK",
@@ -995,11 +1112,17 @@ Content-Length: 0\r\n\
         let ok = |line: &'static [u8]| parse_start_line(line, 0).unwrap();
         assert_eq!(
             ok(b"INVITE sip:0044207@pbx SIP/2.0"),
-            StartLine::Request { method: Method::Invite, uri: b"sip:0044207@pbx" }
+            StartLine::Request {
+                method: Method::Invite,
+                uri: b"sip:0044207@pbx"
+            }
         );
         assert_eq!(
             ok(b"FOO-BAR tel:+1234 sip/2.0 "),
-            StartLine::Request { method: Method::Other(b"FOO-BAR"), uri: b"tel:+1234" }
+            StartLine::Request {
+                method: Method::Other(b"FOO-BAR"),
+                uri: b"tel:+1234"
+            }
         );
         for bad in [
             &b""[..],
@@ -1022,17 +1145,32 @@ Content-Length: 0\r\n\
     fn keep_alives() {
         let limits = Limits::default();
         for transport in [Transport::Datagram, Transport::Stream] {
-            assert!(matches!(parse(b"\r\n\r\n", transport, &limits), Ok(Parsed::KeepAlive(4))));
-            assert!(matches!(parse(b"\r\n", transport, &limits), Ok(Parsed::KeepAlive(2))));
-            assert!(matches!(parse(b"\n", transport, &limits), Ok(Parsed::KeepAlive(1))));
+            assert!(matches!(
+                parse(b"\r\n\r\n", transport, &limits),
+                Ok(Parsed::KeepAlive(4))
+            ));
+            assert!(matches!(
+                parse(b"\r\n", transport, &limits),
+                Ok(Parsed::KeepAlive(2))
+            ));
+            assert!(matches!(
+                parse(b"\n", transport, &limits),
+                Ok(Parsed::KeepAlive(1))
+            ));
         }
         let mut buf = b"\r\n\r\n".to_vec();
         buf.extend_from_slice(REGISTER);
-        assert!(matches!(parse(&buf, Transport::Stream, &limits), Ok(Parsed::KeepAlive(4))));
+        assert!(matches!(
+            parse(&buf, Transport::Stream, &limits),
+            Ok(Parsed::KeepAlive(4))
+        ));
         let (m, n) = message(&buf, Transport::Datagram);
         assert_eq!(n, buf.len());
         assert_eq!(m.raw(), REGISTER);
-        assert!(matches!(parse(b"", Transport::Stream, &limits), Ok(Parsed::Incomplete)));
+        assert!(matches!(
+            parse(b"", Transport::Stream, &limits),
+            Ok(Parsed::Incomplete)
+        ));
         assert_eq!(error(b"", Transport::Datagram), ParseError::Empty);
     }
 
@@ -1051,7 +1189,10 @@ Content-Length: 0\r\n\
         let (m, _) = message(buf, Transport::Stream);
         let subject = m.header(HeaderName::Subject).unwrap();
         assert_eq!(subject, b"I know you're there,\r\n  pick up\r\n\tthe phone");
-        assert_eq!(&*super::super::unfold(subject), b"I know you're there, pick up the phone");
+        assert_eq!(
+            &*super::super::unfold(subject),
+            b"I know you're there, pick up the phone"
+        );
         assert_eq!(m.header_count(), 2);
     }
 
@@ -1082,7 +1223,10 @@ Content-Length: 0\r\n\
         ));
         assert_eq!(
             error(short, Transport::Datagram),
-            ParseError::TruncatedBody { declared: 5, available: 3 }
+            ParseError::TruncatedBody {
+                declared: 5,
+                available: 3
+            }
         );
 
         let no_length = b"MESSAGE sip:a@b SIP/2.0\r\nTo: <sip:a@b>\r\n\r\nbody";
@@ -1094,18 +1238,36 @@ Content-Length: 0\r\n\
 
     #[test]
     fn content_length_errors() {
-        let e = error(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: abc\r\n\r\n", Transport::Stream);
-        assert_eq!(e.to_string(), "Content-Length \"abc\" is not a number (byte 41)");
+        let e = error(
+            b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: abc\r\n\r\n",
+            Transport::Stream,
+        );
+        assert_eq!(
+            e.to_string(),
+            "Content-Length \"abc\" is not a number (byte 41)"
+        );
         let e = error(
             b"OPTIONS sip:a@b SIP/2.0\r\nl: 99999999999999999999999999\r\n\r\n",
             Transport::Stream,
         );
-        assert!(matches!(e, ParseError::BadContentLength { reason: "too large", .. }));
+        assert!(matches!(
+            e,
+            ParseError::BadContentLength {
+                reason: "too large",
+                ..
+            }
+        ));
         let e = error(
             b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 1\r\nl: 2\r\n\r\nab",
             Transport::Stream,
         );
-        assert_eq!(e, ParseError::ConflictingContentLength { first: 1, second: 2 });
+        assert_eq!(
+            e,
+            ParseError::ConflictingContentLength {
+                first: 1,
+                second: 2
+            }
+        );
         let (m, _) = message(
             b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 1\r\nl: 1\r\n\r\na",
             Transport::Stream,
@@ -1115,7 +1277,13 @@ Content-Length: 0\r\n\
             b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 100000\r\n\r\n",
             Transport::Stream,
         );
-        assert_eq!(e, ParseError::BodyTooLarge { length: 100_000, limit: 65_536 });
+        assert_eq!(
+            e,
+            ParseError::BodyTooLarge {
+                length: 100_000,
+                limit: 65_536
+            }
+        );
     }
 
     #[test]
@@ -1126,19 +1294,43 @@ Content-Length: 0\r\n\
             "bad start line at byte 0: expected a space after the method (\"HELLO\")"
         );
         let e = error(b"\r\nHELLO\r\n\r\n", Transport::Datagram);
-        assert!(e.to_string().starts_with("bad start line at byte 2:"), "{e}");
+        assert!(
+            e.to_string().starts_with("bad start line at byte 2:"),
+            "{e}"
+        );
         let mut buf = b"OPTIONS sip:a@b SIP/2.0\r\n".to_vec();
         for i in 0..11 {
             buf.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
         }
         buf.extend_from_slice(b"no colon here\r\n\r\n");
         let e = error(&buf, Transport::Datagram);
-        assert!(e.to_string().starts_with("header line 12 has no colon"), "{e}");
-        let e = error(b"OPTIONS sip:a@b SIP/2.0\r\n Via: x\r\n\r\n", Transport::Datagram);
-        assert!(matches!(e, ParseError::OrphanContinuation { line: Line(1), offset: 25 }));
-        let e = error(b"OPTIONS sip:a@b SIP/2.0\r\nBad Name: x\r\n\r\n", Transport::Datagram);
-        assert!(matches!(e, ParseError::BadHeaderName { line: Line(1), .. }), "{e}");
-        let e = error(b"OPTIONS sip:a@b SIP/2.0\r\n: x\r\n\r\n", Transport::Datagram);
+        assert!(
+            e.to_string().starts_with("header line 12 has no colon"),
+            "{e}"
+        );
+        let e = error(
+            b"OPTIONS sip:a@b SIP/2.0\r\n Via: x\r\n\r\n",
+            Transport::Datagram,
+        );
+        assert!(matches!(
+            e,
+            ParseError::OrphanContinuation {
+                line: Line(1),
+                offset: 25
+            }
+        ));
+        let e = error(
+            b"OPTIONS sip:a@b SIP/2.0\r\nBad Name: x\r\n\r\n",
+            Transport::Datagram,
+        );
+        assert!(
+            matches!(e, ParseError::BadHeaderName { line: Line(1), .. }),
+            "{e}"
+        );
+        let e = error(
+            b"OPTIONS sip:a@b SIP/2.0\r\n: x\r\n\r\n",
+            Transport::Datagram,
+        );
         assert!(matches!(e, ParseError::BadHeaderName { .. }), "{e}");
         let e = error(b"OPTIONS sip:a@b SIP/2.0\r\nTo: x\r\n", Transport::Datagram);
         assert!(matches!(e, ParseError::Unterminated { offset: 32 }), "{e}");
@@ -1146,32 +1338,78 @@ Content-Length: 0\r\n\
 
     #[test]
     fn injection_bytes_are_refused() {
-        let e = error(b"OPTIONS sip:a@b SIP/2.0\r\nTo: x\rVia: evil\r\n\r\n", Transport::Datagram);
-        assert_eq!(e, ParseError::BareCr { line: Line(1), offset: 30 });
-        assert_eq!(e.to_string(), "CR not followed by LF in header line 1 at byte 30");
-        let e = error(b"OPTIONS sip:a@b SIP/2.0\r\nTo: x\0y\r\n\r\n", Transport::Datagram);
-        assert_eq!(e, ParseError::ControlChar { byte: 0, line: Line(1), offset: 30 });
+        let e = error(
+            b"OPTIONS sip:a@b SIP/2.0\r\nTo: x\rVia: evil\r\n\r\n",
+            Transport::Datagram,
+        );
+        assert_eq!(
+            e,
+            ParseError::BareCr {
+                line: Line(1),
+                offset: 30
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "CR not followed by LF in header line 1 at byte 30"
+        );
+        let e = error(
+            b"OPTIONS sip:a@b SIP/2.0\r\nTo: x\0y\r\n\r\n",
+            Transport::Datagram,
+        );
+        assert_eq!(
+            e,
+            ParseError::ControlChar {
+                byte: 0,
+                line: Line(1),
+                offset: 30
+            }
+        );
         let e = error(b"OPTIONS sip:a@b\0 SIP/2.0\r\n\r\n", Transport::Datagram);
-        assert_eq!(e.to_string(), "control character 0x00 in the start line at byte 15");
+        assert_eq!(
+            e.to_string(),
+            "control character 0x00 in the start line at byte 15"
+        );
         let e = error(b"OPTIONS sip:a@b SIP/2.0\r\n\rX", Transport::Datagram);
         assert!(matches!(e, ParseError::BareCr { .. }), "{e}");
     }
 
     #[test]
     fn limits_are_enforced_and_named() {
-        let limits = Limits { max_headers: 3, ..Limits::default() };
+        let limits = Limits {
+            max_headers: 3,
+            ..Limits::default()
+        };
         let buf = b"OPTIONS sip:a@b SIP/2.0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n";
         let e = parse(buf, Transport::Datagram, &limits).unwrap_err();
-        assert_eq!(e.to_string(), "too many header lines (limit 3, max_headers)");
+        assert_eq!(
+            e.to_string(),
+            "too many header lines (limit 3, max_headers)"
+        );
         let exact = b"OPTIONS sip:a@b SIP/2.0\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
-        assert!(matches!(parse(exact, Transport::Datagram, &limits), Ok(Parsed::Message(..))));
+        assert!(matches!(
+            parse(exact, Transport::Datagram, &limits),
+            Ok(Parsed::Message(..))
+        ));
 
-        let limits = Limits { max_header_bytes: 30, ..Limits::default() };
+        let limits = Limits {
+            max_header_bytes: 30,
+            ..Limits::default()
+        };
         let e = parse(REGISTER, Transport::Stream, &limits).unwrap_err();
         assert_eq!(e, ParseError::HeaderSectionTooLarge { limit: 30 });
-        let limits = Limits { max_header_bytes: REGISTER.len(), ..Limits::default() };
-        assert!(matches!(parse(REGISTER, Transport::Stream, &limits), Ok(Parsed::Message(..))));
-        let limits = Limits { max_header_bytes: REGISTER.len() - 1, ..Limits::default() };
+        let limits = Limits {
+            max_header_bytes: REGISTER.len(),
+            ..Limits::default()
+        };
+        assert!(matches!(
+            parse(REGISTER, Transport::Stream, &limits),
+            Ok(Parsed::Message(..))
+        ));
+        let limits = Limits {
+            max_header_bytes: REGISTER.len() - 1,
+            ..Limits::default()
+        };
         assert!(parse(REGISTER, Transport::Stream, &limits).is_err());
     }
 
@@ -1180,14 +1418,20 @@ Content-Length: 0\r\n\
         let limits = Limits::default();
         for cut in 0..REGISTER.len() {
             assert!(
-                matches!(parse(&REGISTER[..cut], Transport::Stream, &limits), Ok(Parsed::Incomplete)),
+                matches!(
+                    parse(&REGISTER[..cut], Transport::Stream, &limits),
+                    Ok(Parsed::Incomplete)
+                ),
                 "cut at {cut}"
             );
         }
         assert!(parse(b"\x16\x03\x01\x02\x00\x01", Transport::Stream, &limits).is_err());
         assert!(parse(b"GET /index.html HTTP/1.1\r\n", Transport::Stream, &limits).is_err());
         assert!(parse(b"\x80\xff binary", Transport::Stream, &limits).is_err());
-        assert!(matches!(parse(b"SI", Transport::Stream, &limits), Ok(Parsed::Incomplete)));
+        assert!(matches!(
+            parse(b"SI", Transport::Stream, &limits),
+            Ok(Parsed::Incomplete)
+        ));
     }
 
     #[test]
@@ -1197,8 +1441,16 @@ Content-Length: 0\r\n\
             text.into_bytes()
         };
         let buf = msg("CSeq:  7\t INVITE ");
-        assert_eq!(message(&buf, Transport::Stream).0.cseq(), Some((7, Method::Invite)));
-        for bad in ["CSeq: INVITE", "CSeq: 7", "CSeq: x INVITE", "CSeq: 7 IN(VITE"] {
+        assert_eq!(
+            message(&buf, Transport::Stream).0.cseq(),
+            Some((7, Method::Invite))
+        );
+        for bad in [
+            "CSeq: INVITE",
+            "CSeq: 7",
+            "CSeq: x INVITE",
+            "CSeq: 7 IN(VITE",
+        ] {
             let buf = msg(bad);
             assert_eq!(message(&buf, Transport::Stream).0.cseq(), None, "{bad}");
         }
@@ -1208,7 +1460,8 @@ Content-Length: 0\r\n\
 
     #[test]
     fn contacts_star_and_lists() {
-        let buf = b"REGISTER sip:pbx SIP/2.0\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n";
+        let buf =
+            b"REGISTER sip:pbx SIP/2.0\r\nContact: *\r\nExpires: 0\r\nContent-Length: 0\r\n\r\n";
         let (m, _) = message(buf, Transport::Datagram);
         let contacts: Vec<_> = m.contacts().collect();
         assert_eq!(contacts.len(), 1);
@@ -1217,7 +1470,10 @@ Content-Length: 0\r\n\
 
         let buf = b"SIP/2.0 200 OK\r\nm: <sip:a@1.1.1.1>;expires=60, \"B, b\" <sip:b@2.2.2.2;expires=9>\r\nContact: sip:c@3.3.3.3;expires=30\r\n\r\n";
         let (m, _) = message(buf, Transport::Datagram);
-        let contacts: Vec<_> = m.contacts().map(|c| (c.uri, c.expires, c.is_star)).collect();
+        let contacts: Vec<_> = m
+            .contacts()
+            .map(|c| (c.uri, c.expires, c.is_star))
+            .collect();
         assert_eq!(
             contacts,
             vec![
@@ -1238,7 +1494,15 @@ Content-Length: 0\r\n\
         assert_eq!(m.via_count_at_most(2), 2);
         assert_eq!(m.top_via(), Some(&b"a"[..]));
         let names: Vec<_> = m.iter().map(|(name, _)| name).collect();
-        assert_eq!(names, vec![HeaderName::Via, HeaderName::To, HeaderName::Via, HeaderName::Via]);
+        assert_eq!(
+            names,
+            vec![
+                HeaderName::Via,
+                HeaderName::To,
+                HeaderName::Via,
+                HeaderName::Via
+            ]
+        );
     }
 
     #[test]

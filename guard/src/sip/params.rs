@@ -12,7 +12,12 @@ use super::header::{is_lws, trim};
 
 /// Finds the first byte at or after `from` for which `is_delim` holds, skipping
 /// quoted strings and, when `angle` is set, `<...>` sections.
-fn find_top(value: &[u8], from: usize, angle: bool, is_delim: impl Fn(u8) -> bool) -> Option<usize> {
+fn find_top(
+    value: &[u8],
+    from: usize,
+    angle: bool,
+    is_delim: impl Fn(u8) -> bool,
+) -> Option<usize> {
     let mut quoted = false;
     let mut in_angle = false;
     let mut i = from;
@@ -119,7 +124,10 @@ pub fn uri_user(value: &[u8]) -> Option<&[u8]> {
     } else {
         return None;
     };
-    let end = user.iter().position(|&b| b == b':' || b == b';').unwrap_or(user.len());
+    let end = user
+        .iter()
+        .position(|&b| b == b':' || b == b';')
+        .unwrap_or(user.len());
     let user = trim(&user[..end]);
     (!user.is_empty()).then_some(user)
 }
@@ -220,10 +228,16 @@ mod tests {
     fn uri_user_forms() {
         assert_eq!(uri_user(b"sip:300@pbx.example.com"), Some(&b"300"[..]));
         assert_eq!(uri_user(b"sip:300:secret@pbx"), Some(&b"300"[..]));
-        assert_eq!(uri_user(b"sips:alice@example.com:5061"), Some(&b"alice"[..]));
+        assert_eq!(
+            uri_user(b"sips:alice@example.com:5061"),
+            Some(&b"alice"[..])
+        );
         assert_eq!(uri_user(b"SIP:Bob@host"), Some(&b"Bob"[..]));
         assert_eq!(uri_user(b"tel:+441234567"), Some(&b"+441234567"[..]));
-        assert_eq!(uri_user(b"<tel:+1-201-555;phone-context=x>;tag=1"), Some(&b"+1-201-555"[..]));
+        assert_eq!(
+            uri_user(b"<tel:+1-201-555;phone-context=x>;tag=1"),
+            Some(&b"+1-201-555"[..])
+        );
         assert_eq!(uri_user(b"<sip:300@10.0.0.1>;tag=as12"), Some(&b"300"[..]));
         assert_eq!(
             uri_user(b"\"Display, Name\" <sip:301@pbx;transport=tcp>;tag=x"),
@@ -232,7 +246,10 @@ mod tests {
         assert_eq!(uri_user(b"\"a@b <x>\" <sip:302@pbx>"), Some(&b"302"[..]));
         assert_eq!(uri_user(b"Alice <sip:alice@pbx>"), Some(&b"alice"[..]));
         assert_eq!(uri_user(b"sip:300@[2001:db8::1]:5060"), Some(&b"300"[..]));
-        assert_eq!(uri_user(b"sip:+4930123;npdi@gw;user=phone"), Some(&b"+4930123"[..]));
+        assert_eq!(
+            uri_user(b"sip:+4930123;npdi@gw;user=phone"),
+            Some(&b"+4930123"[..])
+        );
         assert_eq!(uri_user(b"sip:300@pbx;tag=abc"), Some(&b"300"[..]));
         assert_eq!(uri_user(b"sip:pbx.example.com"), None);
         assert_eq!(uri_user(b"sip:[2001:db8::1]"), None);
@@ -247,7 +264,10 @@ mod tests {
 
     #[test]
     fn addr_uri_forms() {
-        assert_eq!(addr_uri(b"<sip:a@b;transport=tcp>;expires=60"), b"sip:a@b;transport=tcp");
+        assert_eq!(
+            addr_uri(b"<sip:a@b;transport=tcp>;expires=60"),
+            b"sip:a@b;transport=tcp"
+        );
         assert_eq!(addr_uri(b"sip:a@b;expires=60"), b"sip:a@b");
         assert_eq!(addr_uri(b" \"x;y\" <sip:a@b> "), b"sip:a@b");
         assert_eq!(addr_uri(b"<sip:a@b"), b"sip:a@b");
@@ -261,15 +281,27 @@ mod tests {
         assert_eq!(param(via, b"rport"), Some(&b""[..]));
         assert_eq!(param(via, b"received"), Some(&b"1.2.3.4"[..]));
         assert_eq!(param(via, b"maddr"), None);
-        assert_eq!(param(b"<sip:a@b;expires=5>;expires=60", b"expires"), Some(&b"60"[..]));
-        assert_eq!(param(b"<sip:a@b;expires=5>", b"expires"), None);
-        assert_eq!(param(b"\"a;tag=no\" <sip:a@b>;tag=yes", b"tag"), Some(&b"yes"[..]));
         assert_eq!(
-            param(b"<sip:a@b>;+sip.instance=\"<urn:uuid:1;2>\";q=0.5", b"+sip.instance"),
+            param(b"<sip:a@b;expires=5>;expires=60", b"expires"),
+            Some(&b"60"[..])
+        );
+        assert_eq!(param(b"<sip:a@b;expires=5>", b"expires"), None);
+        assert_eq!(
+            param(b"\"a;tag=no\" <sip:a@b>;tag=yes", b"tag"),
+            Some(&b"yes"[..])
+        );
+        assert_eq!(
+            param(
+                b"<sip:a@b>;+sip.instance=\"<urn:uuid:1;2>\";q=0.5",
+                b"+sip.instance"
+            ),
             Some(&b"<urn:uuid:1;2>"[..])
         );
         assert_eq!(param(b"<sip:a@b>;q=0.5", b"Q"), Some(&b"0.5"[..]));
-        assert_eq!(param(b"<sip:a@b> ; expires = 30 ", b"expires"), Some(&b"30"[..]));
+        assert_eq!(
+            param(b"<sip:a@b> ; expires = 30 ", b"expires"),
+            Some(&b"30"[..])
+        );
         assert_eq!(param(b"<sip:a>;x=1, <sip:b>;y=2", b"y"), None);
         assert_eq!(param(b"no params", b"x"), None);
         assert_eq!(param(b"", b"x"), None);
@@ -288,10 +320,16 @@ mod tests {
         assert_eq!(auth_param(auth, b"cnonce"), None);
         assert_eq!(auth_param(b"username=\"a\"", b"username"), Some(&b"a"[..]));
         assert_eq!(
-            auth_param(b"Digest realm=\"a\", nonce=\"b\", Digest realm=\"c\", stale=TRUE", b"stale"),
+            auth_param(
+                b"Digest realm=\"a\", nonce=\"b\", Digest realm=\"c\", stale=TRUE",
+                b"stale"
+            ),
             Some(&b"TRUE"[..])
         );
-        assert_eq!(auth_param(b"Digest username=\"unterminated", b"username"), Some(&b"unterminated"[..]));
+        assert_eq!(
+            auth_param(b"Digest username=\"unterminated", b"username"),
+            Some(&b"unterminated"[..])
+        );
         assert_eq!(auth_param(b"Digest", b"username"), None);
         assert_eq!(auth_param(b"", b"username"), None);
     }

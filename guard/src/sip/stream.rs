@@ -216,7 +216,10 @@ impl StreamBuffer {
 
     fn skip_keep_alives(&mut self, report: &mut PushReport) {
         let pending = &self.buf[self.start..];
-        let n = pending.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+        let n = pending
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
         self.start += n;
         report.keep_alive_bytes += n;
     }
@@ -228,16 +231,19 @@ impl StreamBuffer {
         if pending.is_empty() {
             return Ok(None);
         }
+        // Bytes before `searched` hold no LF while the first line is unchecked, so
+        // only new bytes are searched: a long line trickling in stays linear.
         if !self.first_line_checked {
-            if let Some(lf) = pending.iter().position(|&b| b == b'\n') {
-                let line = &pending[..lf];
+            let from = self.searched.min(pending.len());
+            if let Some(lf) = pending[from..].iter().position(|&b| b == b'\n') {
+                let line = &pending[..from + lf];
                 check_start_line(line.strip_suffix(b"\r").unwrap_or(line))?;
                 self.first_line_checked = true;
             }
         }
         // The header section ends at the first LF followed by CRLF or LF; a line
         // that starts with CR and is not CRLF is an error anyway.
-        let from = self.searched.saturating_sub(2);
+        let from = self.searched.saturating_sub(2).min(pending.len());
         let end = pending[from..]
             .windows(2)
             .position(|w| w[0] == b'\n' && (w[1] == b'\n' || w[1] == b'\r'));
@@ -287,7 +293,10 @@ impl StreamBuffer {
 /// so it wants to be sure: a segment from the middle of a body rarely looks like
 /// this.
 fn starts_with_start_line(data: &[u8]) -> bool {
-    let skip = data.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let skip = data
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     let data = &data[skip..];
     if data.len() >= 8 && data[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
         return true;
@@ -329,13 +338,7 @@ impl<K: Hash + Eq> Streams<K> {
 
     /// Feeds a segment of connection `key` (see [`StreamBuffer::push`]), creating
     /// its buffer if it is new.
-    pub fn push(
-        &mut self,
-        key: K,
-        seq: u32,
-        payload: &[u8],
-        out: impl FnMut(&[u8]),
-    ) -> PushReport {
+    pub fn push(&mut self, key: K, seq: u32, payload: &[u8], out: impl FnMut(&[u8])) -> PushReport {
         self.entry(key).push(seq, payload, out)
     }
 
@@ -369,7 +372,8 @@ impl<K: Hash + Eq> Streams<K> {
             self.evictions += 1;
         }
         let config = self.config;
-        self.map.get_or_insert_mut(key, || StreamBuffer::new(config))
+        self.map
+            .get_or_insert_mut(key, || StreamBuffer::new(config))
     }
 }
 
@@ -377,10 +381,15 @@ impl<K: Hash + Eq> Streams<K> {
 mod tests {
     use super::*;
 
-    const OPTIONS: &[u8] = b"OPTIONS sip:100@pbx SIP/2.0\r\nCall-ID: a\r\nContent-Length: 0\r\n\r\n";
-    const MESSAGE: &[u8] = b"MESSAGE sip:100@pbx SIP/2.0\r\nCall-ID: b\r\nContent-Length: 5\r\n\r\nhello";
+    const OPTIONS: &[u8] =
+        b"OPTIONS sip:100@pbx SIP/2.0\r\nCall-ID: a\r\nContent-Length: 0\r\n\r\n";
+    const MESSAGE: &[u8] =
+        b"MESSAGE sip:100@pbx SIP/2.0\r\nCall-ID: b\r\nContent-Length: 5\r\n\r\nhello";
 
-    fn collect(buffer: &mut StreamBuffer, segments: &[(u32, &[u8])]) -> (Vec<Vec<u8>>, Vec<PushReport>) {
+    fn collect(
+        buffer: &mut StreamBuffer,
+        segments: &[(u32, &[u8])],
+    ) -> (Vec<Vec<u8>>, Vec<PushReport>) {
         let mut messages = Vec::new();
         let reports = segments
             .iter()
@@ -409,7 +418,9 @@ mod tests {
         buffer.sync_at(7);
         let mut messages = Vec::new();
         for (i, byte) in MESSAGE.iter().enumerate() {
-            buffer.push(7 + i as u32, std::slice::from_ref(byte), |m| messages.push(m.to_vec()));
+            buffer.push(7 + i as u32, std::slice::from_ref(byte), |m| {
+                messages.push(m.to_vec())
+            });
         }
         assert_eq!(messages, vec![MESSAGE.to_vec()]);
     }
@@ -420,10 +431,10 @@ mod tests {
         let (a, b) = MESSAGE.split_at(30);
         let segments: Vec<(u32, &[u8])> = vec![
             (100, a),
-            (100, a),                     // retransmitted whole
-            (110, &MESSAGE[10..40]),      // overlaps: 20 old bytes, 10 new
-            (140, &b[10..]),              // the rest
-            (100, MESSAGE),               // all old
+            (100, a),                // retransmitted whole
+            (110, &MESSAGE[10..40]), // overlaps: 20 old bytes, 10 new
+            (140, &b[10..]),         // the rest
+            (100, MESSAGE),          // all old
         ];
         let (messages, reports) = collect(&mut buffer, &segments);
         assert_eq!(messages, vec![MESSAGE.to_vec()]);
@@ -450,8 +461,8 @@ mod tests {
         let segments: Vec<(u32, &[u8])> = vec![
             (1, a),
             (seq_after + 10, b"more body bytes of something"), // gap, not a start line
-            (seq_after + 38, OPTIONS),                          // in order, a start line
-            (seq_after + 200, MESSAGE),                         // gap, a start line
+            (seq_after + 38, OPTIONS),                         // in order, a start line
+            (seq_after + 200, MESSAGE),                        // gap, a start line
         ];
         let (messages, reports) = collect(&mut buffer, &segments);
         assert_eq!(messages, vec![OPTIONS.to_vec(), MESSAGE.to_vec()]);
@@ -466,7 +477,13 @@ mod tests {
     #[test]
     fn unsynced_start_waits_for_a_start_line_unless_told() {
         let mut buffer = StreamBuffer::default();
-        let (messages, reports) = collect(&mut buffer, &[(5, &MESSAGE[10..]), (5 + MESSAGE.len() as u32 - 10, OPTIONS)]);
+        let (messages, reports) = collect(
+            &mut buffer,
+            &[
+                (5, &MESSAGE[10..]),
+                (5 + MESSAGE.len() as u32 - 10, OPTIONS),
+            ],
+        );
         assert_eq!(messages, vec![OPTIONS.to_vec()]);
         assert_eq!(reports[0].skipped_bytes, MESSAGE.len() - 10);
 
@@ -483,7 +500,10 @@ mod tests {
         let junk = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         let (messages, reports) = collect(&mut buffer, &[(0, junk), (junk.len() as u32, OPTIONS)]);
         assert_eq!(messages, vec![OPTIONS.to_vec()]);
-        assert!(matches!(reports[0].malformed, Some(ParseError::BadStartLine { .. })));
+        assert!(matches!(
+            reports[0].malformed,
+            Some(ParseError::BadStartLine { .. })
+        ));
 
         // The first line is checked as soon as it is complete.
         let mut buffer = StreamBuffer::default();
@@ -533,6 +553,32 @@ mod tests {
         }
         assert!(overflowed);
         assert_eq!(messages, 0);
+    }
+
+    #[test]
+    fn a_trickle_of_single_bytes_costs_linear_time() {
+        // A long start line, then a long header section, one byte per segment:
+        // re-scanning the buffer on each segment would take minutes here.
+        let mut data = b"OPTIONS sip:".to_vec();
+        data.extend(std::iter::repeat_n(b'a', 60_000));
+        data.extend_from_slice(b"@pbx SIP/2.0\r\nSubject: ");
+        data.extend(std::iter::repeat_n(b'b', 4_000));
+        data.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        let mut buffer = StreamBuffer::default();
+        buffer.sync_at(0);
+        let mut messages = Vec::new();
+        let started = std::time::Instant::now();
+        for (i, byte) in data.iter().enumerate() {
+            buffer.push(i as u32, std::slice::from_ref(byte), |m| {
+                messages.push(m.len())
+            });
+        }
+        assert_eq!(messages, vec![data.len()]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
