@@ -129,6 +129,20 @@ fn trunk_of(policy: &Policy, dynamic: &DynamicState, addr: IpAddr) -> Option<Str
 }
 
 /// Walks [`INPUT_PIPELINE`] for `q` over the policy and the live dynamic sets.
+/// The responsive firewall stands between a source the zones accept and the
+/// PBX's signalling ports: say so, with its numbers.
+fn guard_note(policy: &Policy, q: &Query) -> Option<String> {
+    let r = &policy.responsive;
+    let (proto, port) = q.port?;
+    if !r.enabled || !policy.signalling_ports().iter().any(|p| p.matches(proto, port)) {
+        return None;
+    }
+    Some(format!(
+        "; as a source without a registration it meets the rate tier ({}/s, burst {}) and the SIP watch, which bans attack tools",
+        r.tiers.rate, r.tiers.burst
+    ))
+}
+
 pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
     let addr = crate::net::canonical(q.addr);
     let verdict = |decision, stage, reason: String| Verdict {
@@ -225,7 +239,15 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
                     }
                 }
             }
-            Stage::Zones => return zone_verdict(policy, dynamic, q, addr),
+            Stage::Zones => {
+                let mut v = zone_verdict(policy, dynamic, q, addr);
+                if let Some(note) = guard_note(policy, q) {
+                    v.reason.push_str(&note);
+                }
+                return v;
+            }
+            // The guard only drops by rate, which no explanation can predict; its
+            // presence is noted on the zone's verdict.
             Stage::Loopback | Stage::Established | Stage::Icmp | Stage::Guard => {}
         }
     }
