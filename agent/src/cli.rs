@@ -551,6 +551,9 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Err(e) => error!(error = %e, "cannot restore the last good policy"),
     }
     apply_config(cli, &agent);
+    // The watch first: discovery below may take a while, attackers do not wait.
+    let mut watch = None;
+    follow_watch(&agent, &mut watch);
     let mut watcher = match crate::follow::ConfigWatcher::new() {
         Ok(w) => Some(w),
         Err(e) => {
@@ -566,7 +569,6 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     };
     rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
-    let mut watch = None;
     follow_watch(&agent, &mut watch);
 
     use tokio::signal::unix::{signal, SignalKind};

@@ -134,7 +134,12 @@ fn trunk_of(policy: &Policy, dynamic: &DynamicState, addr: IpAddr) -> Option<Str
 fn guard_note(policy: &Policy, q: &Query) -> Option<String> {
     let r = &policy.responsive;
     let (proto, port) = q.port?;
-    if !r.enabled || !policy.signalling_ports().iter().any(|p| p.matches(proto, port)) {
+    if !r.enabled
+        || !policy
+            .signalling_ports()
+            .iter()
+            .any(|p| p.matches(proto, port))
+    {
         return None;
     }
     Some(format!(

@@ -36,8 +36,9 @@ pub const SCANNER_USER_AGENTS: &[&str] = &[
 pub struct Tiers {
     /// Packets per second a new source may send to the signalling ports.
     pub rate: u32,
-    /// Packets allowed above `rate` in a burst (a phone's first registration with
-    /// its subscriptions fits in it).
+    /// Packets allowed above `rate` in a burst. A phone needs 2 to 6 before its
+    /// registration makes it known-good; a guessing tool gets only a few
+    /// guesses in flight before its failures come back.
     pub burst: u32,
     /// Packets over the limit tolerated (as a burst, refilled at one per second)
     /// before the kernel bans the source by itself.
@@ -51,7 +52,7 @@ impl Default for Tiers {
     fn default() -> Self {
         Tiers {
             rate: 10,
-            burst: 20,
+            burst: 10,
             strikes: 100,
             flood_ban: Duration::from_secs(600),
         }

@@ -101,6 +101,21 @@ impl<'a> AgentHost<'a> {
         Ok(guard)
     }
 
+    /// Waits until the daemon's log contains `needle` (e.g. "SIP watch started").
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.daemon_log().contains(needle) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not log {needle:?} within {timeout:?}: {}",
+                    self.daemon_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }

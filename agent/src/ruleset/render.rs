@@ -882,7 +882,7 @@ mod guard_tests {
         assert!(
             tier.contains("\"meter\"")
                 && tier.contains("\"rate\":10")
-                && tier.contains("\"burst\":20"),
+                && tier.contains("\"burst\":10"),
             "{tier}"
         );
         let flood = json(&chain(&d, FLOOD_CHAIN).rules[0].expr);

@@ -75,9 +75,14 @@ impl Watch {
         let (control, control_rx) = channel();
         let (actions, actions_rx) = channel();
         let exempt = exempt_of(policy);
+        // Ready before the first packet is read, so the first ban pays nothing extra.
+        let mut shell = NftShell::new(nft);
+        if let Err(e) = shell.warm_up() {
+            warn!(error = %e, "the nft shell did not start; will retry at the first verdict");
+        }
         let enforcer = std::thread::Builder::new()
             .name("watch-enforcer".into())
-            .spawn(move || enforce_loop(NftShell::new(nft), actions_rx))?;
+            .spawn(move || enforce_loop(shell, actions_rx))?;
         let reader = std::thread::Builder::new()
             .name("watch-reader".into())
             .spawn(move || {
@@ -315,9 +320,6 @@ fn log_verdict(v: &Verdict) {
 /// Applies actions as they come, in batches: everything that queued up while
 /// the previous transaction ran goes into the next one.
 fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
-    if let Err(e) = shell.warm_up() {
-        warn!(error = %e, "the nft shell did not start; will retry at the first verdict");
-    }
     while let Ok(first) = actions.recv() {
         let mut batch = vec![first];
         while let Ok(more) = actions.try_recv() {
