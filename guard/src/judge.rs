@@ -300,21 +300,12 @@ impl Judge {
         self.sources
             .get_or_insert_mut(addr, SourceState::default)
             .banned_until = Some(until);
-        let offences = self.offences.get_or_insert_mut(addr, || Offences {
-            count: 0,
-            last: now,
-        });
-        offences.count += 1;
-        offences.last = now;
+        self.offend(addr, now);
     }
 
-    /// An operator lifted the ban: forget what the detectors held against it,
-    /// but not its offences (escalation stays honest).
-    pub fn forgive(&mut self, addr: IpAddr) {
-        self.sources.pop(&addr);
-    }
-
-    fn ban(&mut self, addr: IpAddr, finding: Finding, now: Instant, out: &mut Vec<Action>) {
+    /// Counts one more offence of `addr` (offences older than the memory are
+    /// forgotten first) and returns its number.
+    fn offend(&mut self, addr: IpAddr, now: Instant) -> u32 {
         let memory = self.cfg.offence_memory;
         let offences = self.offences.get_or_insert_mut(addr, || Offences {
             count: 0,
@@ -325,7 +316,17 @@ impl Judge {
         }
         offences.count += 1;
         offences.last = now;
-        let offence = offences.count;
+        offences.count
+    }
+
+    /// An operator lifted the ban: forget what the detectors held against it,
+    /// but not its offences (escalation stays honest).
+    pub fn forgive(&mut self, addr: IpAddr) {
+        self.sources.pop(&addr);
+    }
+
+    fn ban(&mut self, addr: IpAddr, finding: Finding, now: Instant, out: &mut Vec<Action>) {
+        let offence = self.offend(addr, now);
         let duration = self.cfg.ban_duration(offence);
         let state = self.sources.get_or_insert_mut(addr, SourceState::default);
         state.banned_until = Some(now + duration);

@@ -239,20 +239,22 @@ impl Reader {
                         events,
                         ..
                     } = self;
-                    let mut garbage = 0u32;
-                    streams.push(key, seq, p.payload, |msg| {
-                        match sip::parse(msg, Transport::Stream, limits) {
-                            Ok(Parsed::Message(m, _)) => tracker.observe(at, dir, peer, &m, events),
-                            Ok(_) => {}
-                            Err(e) if dir == Direction::In => {
-                                garbage += 1;
-                                tracker.garbage(at, peer, &e.to_string(), events);
-                            }
-                            Err(_) => {}
-                        }
+                    // The stream hands out only messages it could frame (that
+                    // is, parse); what it could not is in its report.
+                    let report = streams.push(key, seq, p.payload, |msg| {
+                        observe(
+                            tracker,
+                            events,
+                            limits,
+                            at,
+                            dir,
+                            peer,
+                            msg,
+                            Transport::Stream,
+                        )
                     });
-                    if garbage > 0 {
-                        metrics::counter!("palisade_watch_garbage_total").increment(garbage.into());
+                    if let Some(e) = report.malformed {
+                        garbage(tracker, events, at, dir, peer, &e);
                     }
                 }
                 if fin || rst {
@@ -264,17 +266,22 @@ impl Reader {
     }
 
     fn datagram(&mut self, at: Instant, dir: Direction, peer: IpAddr, payload: &[u8]) {
-        match sip::parse(payload, Transport::Datagram, &self.limits) {
-            Ok(Parsed::Message(m, _)) => self.tracker.observe(at, dir, peer, &m, &mut self.events),
-            Ok(_) => {}
-            Err(e) => {
-                if dir == Direction::In {
-                    metrics::counter!("palisade_watch_garbage_total").increment(1);
-                    self.tracker
-                        .garbage(at, peer, &e.to_string(), &mut self.events);
-                }
-            }
-        }
+        let Reader {
+            tracker,
+            events,
+            limits,
+            ..
+        } = self;
+        observe(
+            tracker,
+            events,
+            limits,
+            at,
+            dir,
+            peer,
+            payload,
+            Transport::Datagram,
+        );
     }
 
     fn judge_events(&mut self, at: Instant) {
@@ -302,6 +309,41 @@ impl Reader {
             }
         });
         (Reader::new(cfg, Exempt::default(), tx), out_rx)
+    }
+}
+
+/// Parses one message (a datagram, or one framed out of a stream) and hands it
+/// to the tracker; what does not parse is garbage.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    tracker: &mut Tracker,
+    events: &mut Vec<Event>,
+    limits: &Limits,
+    at: Instant,
+    dir: Direction,
+    peer: IpAddr,
+    bytes: &[u8],
+    transport: Transport,
+) {
+    match sip::parse(bytes, transport, limits) {
+        Ok(Parsed::Message(m, _)) => tracker.observe(at, dir, peer, &m, events),
+        Ok(_) => {}
+        Err(e) => garbage(tracker, events, at, dir, peer, &e),
+    }
+}
+
+/// Garbage from a remote source counts against it; the PBX's own is not judged.
+fn garbage(
+    tracker: &mut Tracker,
+    events: &mut Vec<Event>,
+    at: Instant,
+    dir: Direction,
+    peer: IpAddr,
+    error: &sip::ParseError,
+) {
+    if dir == Direction::In {
+        metrics::counter!("palisade_watch_garbage_total").increment(1);
+        tracker.garbage(at, peer, &error.to_string(), events);
     }
 }
 
