@@ -24,6 +24,8 @@ pub enum AgentError {
     Nft(#[from] NftError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("inline mode's queue chain: {0}")]
+    Queue(#[from] crate::ruleset::queue::QueueError),
     #[error("nothing is waiting for confirmation")]
     NothingPending,
     #[error("the change {id} was not confirmed in time and has been rolled back")]
@@ -44,11 +46,41 @@ pub struct Applied {
 pub struct Agent {
     pub nft: Nft,
     pub state: StateDir,
+    /// Inline mode's queue backend, probed once (see [`crate::ruleset::queue`]).
+    queue_backend: std::sync::OnceLock<palisade_model::inline::QueueBackend>,
 }
 
 impl Agent {
     pub fn new(nft: Nft, state: StateDir) -> Agent {
-        Agent { nft, state }
+        Agent {
+            nft,
+            state,
+            queue_backend: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// How this kernel hands packets to inline mode's queue.
+    pub fn queue_backend(&self) -> palisade_model::inline::QueueBackend {
+        *self.queue_backend.get_or_init(|| {
+            let backend = crate::ruleset::queue::probe_backend(&self.nft);
+            info!(backend = backend.as_str(), "inline mode's queue backend");
+            backend
+        })
+    }
+
+    /// Puts inline mode's iptables-nft chain in place, or takes it away, to
+    /// match `policy` (already effective). Only the xt backend has one.
+    fn follow_queue(&self, policy: &Policy) -> Result<(), AgentError> {
+        use palisade_model::inline::QueueBackend;
+        let inline = &policy.responsive.inline;
+        let xt = crate::ruleset::queue::XtQueue::new(&self.nft);
+        if policy.responsive.enabled && inline.enabled && inline.backend == QueueBackend::Xt {
+            xt.ensure(inline)?;
+        } else if xt.present() {
+            xt.remove()?;
+            info!("inline mode off: the iptables-nft queue chain is removed");
+        }
+        Ok(())
     }
 
     /// The first time the agent runs on a host it notes the peers of established
@@ -107,6 +139,7 @@ impl Agent {
             info!(fingerprint = %desired.fingerprint, summary = ?planned.summary, "ruleset applied");
             metrics::counter!("palisade_ruleset_applies_total").increment(1);
         }
+        self.follow_queue(policy)?;
         Ok(Applied {
             fingerprint: desired.fingerprint,
             summary: planned.summary,
@@ -139,10 +172,14 @@ impl Agent {
 
     /// The policy with the last good discovered facts merged in: what is enforced.
     pub fn effective(&self, policy: &Policy) -> Result<Policy, AgentError> {
-        Ok(match self.state.facts()? {
+        let mut effective = match self.state.facts()? {
             Some(facts) => policy.clone().with_facts(&facts),
             None => policy.clone(),
-        })
+        };
+        if effective.responsive.inline.enabled {
+            effective.responsive.inline.backend = self.queue_backend();
+        }
+        Ok(effective)
     }
 
     /// Reads the PBX configuration again. Clean facts that differ from the last

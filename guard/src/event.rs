@@ -30,9 +30,19 @@ pub enum Kind {
         /// From user, which some tools set to their own name.
         from_user: Option<Box<str>>,
         credentials: bool,
+        /// For an INVITE that starts a call (no To tag): the number dialled,
+        /// the Request-URI user as written (the To header is the caller's to
+        /// write and proves nothing). `None` for any other request.
+        destination: Option<Box<str>>,
     },
     /// A request with credentials was refused (401/407/403): a wrong password.
-    AuthFailed { user: Box<str> },
+    AuthFailed {
+        user: Box<str>,
+        /// `Some` when the refused request was an INVITE starting a call: the
+        /// number it dialled, as in [`Kind::Request`]. A refused call to a
+        /// costly number is toll fraud, not only a wrong password.
+        destination: Option<Box<str>>,
+    },
     /// A request without credentials was challenged (401/407): the normal first
     /// step of every registration, suspicious only when never followed up.
     Challenged { user: Box<str> },

@@ -3,10 +3,11 @@
 //! The judge turns events into actions: ban this address (with a reason, the
 //! evidence and an escalating duration), mark that one known-good for the life
 //! of its registration, tell the operator which extension is failing from
-//! where. It never bans an exempt address (management, trusted, trunks), and it
-//! is lenient with an address that has a live registration, because an office
-//! NAT address carries many phones and one bad phone must not take the others
-//! down.
+//! where. It never bans an exempt address (management, trusted, trunks) nor
+//! one on the policy's allow-list, and it is lenient with an address that has
+//! a live registration, because an office NAT address carries many phones and
+//! one bad phone must not take the others down. Toll fraud is not judged at
+//! all for such an address: its phones call abroad every day.
 //!
 //! Memory is capped: sources, offences and registrations are each kept in a
 //! least-recently-used map of at most `max_sources` entries, so a flood from a
@@ -16,6 +17,7 @@ use crate::detect::enumeration::Enumeration;
 use crate::detect::flood::Flood;
 use crate::detect::guessing::Guessing;
 use crate::detect::scanner::Fingerprints;
+use crate::detect::tollfraud::{Prefixes, TollFraud};
 use crate::detect::{Finding, Reason};
 use crate::event::{Event, Kind};
 use ipnet::IpNet;
@@ -80,7 +82,10 @@ pub enum Action {
     },
 }
 
-/// Addresses no detector may ban.
+/// Addresses no detector may ban: the agent lists management, trusted and
+/// trunk networks here (trunks bypass the watch in the kernel already; this is
+/// the second line). The policy's `[responsive] allow` list is consulted by
+/// the judge itself, on top of this.
 #[derive(Debug, Clone, Default)]
 pub struct Exempt {
     pub nets: Vec<IpNet>,
@@ -98,6 +103,7 @@ struct SourceState {
     guessing: Guessing,
     enumeration: Enumeration,
     flood: Flood,
+    toll_fraud: TollFraud,
     evidence: VecDeque<String>,
     banned_until: Option<Instant>,
 }
@@ -118,6 +124,7 @@ struct Binding {
 pub struct Judge {
     cfg: Responsive,
     fingerprints: Fingerprints,
+    prefixes: Prefixes,
     sources: LruCache<IpAddr, SourceState>,
     offences: LruCache<IpAddr, Offences>,
     bindings: LruCache<IpAddr, Vec<Binding>>,
@@ -129,6 +136,7 @@ impl Judge {
         let cap = NonZeroUsize::new(cfg.max_sources.max(1)).expect("max(1)");
         Judge {
             fingerprints: Fingerprints::new(cfg.scanner_fragments()),
+            prefixes: Prefixes::new(&cfg.toll_fraud),
             sources: LruCache::new(cap),
             offences: LruCache::new(cap),
             bindings: LruCache::new(cap),
@@ -143,6 +151,7 @@ impl Judge {
             return;
         }
         self.fingerprints = Fingerprints::new(cfg.scanner_fragments());
+        self.prefixes = Prefixes::new(&cfg.toll_fraud);
         if let Some(cap) = NonZeroUsize::new(cfg.max_sources.max(1)) {
             self.sources.resize(cap);
             self.offences.resize(cap);
@@ -153,6 +162,12 @@ impl Judge {
 
     pub fn set_exempt(&mut self, exempt: Exempt) {
         self.exempt = exempt;
+    }
+
+    /// Whether no detector may ban `addr`: it is exempt (management, trusted,
+    /// trunks) or on the policy's allow-list.
+    pub fn is_exempt(&self, addr: IpAddr) -> bool {
+        self.exempt.contains(addr) || self.cfg.allows(addr)
     }
 
     pub fn config(&self) -> &Responsive {
@@ -216,10 +231,15 @@ impl Judge {
             }
             _ => {}
         }
-        if self.exempt.contains(addr) {
+        if self.is_exempt(addr) {
             return;
         }
         let factor = self.factor(addr, now);
+        // Phones of a live registration place calls abroad every day; trunks
+        // and exempt addresses never got this far.
+        let toll = (self.cfg.toll_fraud.enabled && !self.is_known_good(addr, now))
+            .then_some(&self.cfg.toll_fraud);
+        let prefixes = &self.prefixes;
         let cfg = &self.cfg.detect;
         let state = self.sources.get_or_insert_mut(addr, SourceState::default);
         if state.banned_until.is_some_and(|until| until > now) {
@@ -235,18 +255,42 @@ impl Judge {
                 user_agent,
                 from_user,
                 credentials,
+                destination,
                 ..
-            } => self
-                .fingerprints
-                .judge(user_agent.as_deref(), from_user.as_deref())
+            } => {
+                if let (true, Some(dest)) = (*credentials, destination) {
+                    state.enumeration.answered(dest);
+                }
+                match (toll, destination) {
+                    // First, so a call abroad is named for what it is even when
+                    // the tool also announces itself.
+                    (Some(toll), Some(dest)) => {
+                        state
+                            .toll_fraud
+                            .invite(toll, prefixes, dest, *credentials, now)
+                    }
+                    _ => None,
+                }
+                .or_else(|| {
+                    self.fingerprints
+                        .judge(user_agent.as_deref(), from_user.as_deref())
+                })
                 .or_else(|| state.flood.message(cfg, now, factor))
                 .or_else(|| {
                     state
                         .enumeration
                         .request(cfg, user.as_deref(), *credentials, now, factor)
-                }),
-            Kind::AuthFailed { user } => {
-                let (finding, failures) = state.guessing.failure(cfg, user, now, factor);
+                })
+            }
+            Kind::AuthFailed { user, destination } => {
+                let (guessing, failures) = state.guessing.failure(cfg, user, now, factor);
+                let finding = match (toll, destination) {
+                    (Some(toll), Some(dest)) => {
+                        state.toll_fraud.refused(toll, prefixes, dest, user, now)
+                    }
+                    _ => None,
+                }
+                .or(guessing);
                 // The operator hears of a failing extension at the first failure
                 // and every tenth after, not at every packet.
                 if finding.is_none() && (failures.count == 1 || failures.count % 10 == 0) {
@@ -270,10 +314,18 @@ impl Judge {
         }
     }
 
+    /// Whether a verdict against `addr` is still running: inline mode drops its
+    /// packets before the kernel's ban set has the element.
+    pub fn is_banned(&self, addr: IpAddr, now: Instant) -> bool {
+        self.sources
+            .peek(&addr)
+            .is_some_and(|s| s.banned_until.is_some_and(|u| u > now))
+    }
+
     /// The kernel's tier banned `addr` on its own; record it as a verdict so it
     /// gets its reason, evidence and escalated duration.
     pub fn tier_ban(&mut self, addr: IpAddr, now: Instant, out: &mut Vec<Action>) {
-        if self.exempt.contains(addr) {
+        if self.is_exempt(addr) {
             return;
         }
         let tiers = &self.cfg.tiers;
@@ -428,11 +480,42 @@ mod tests {
             user_agent: Some(ua.into()),
             from_user: Some("300".into()),
             credentials: false,
+            destination: None,
         }
     }
 
     fn failed(user: &str) -> Kind {
-        Kind::AuthFailed { user: user.into() }
+        Kind::AuthFailed {
+            user: user.into(),
+            destination: None,
+        }
+    }
+
+    /// An INVITE starting a call to `dest`.
+    fn invite(dest: &str, credentials: bool) -> Kind {
+        Kind::Request {
+            method: "INVITE".into(),
+            user: Some(if credentials { "201" } else { dest }.into()),
+            user_agent: Some("Yealink SIP-T46S 66.86.0.15".into()),
+            from_user: Some("201".into()),
+            credentials,
+            destination: Some(dest.into()),
+        }
+    }
+
+    fn call_refused(user: &str, dest: &str) -> Kind {
+        Kind::AuthFailed {
+            user: user.into(),
+            destination: Some(dest.into()),
+        }
+    }
+
+    fn registered(user: &str) -> Kind {
+        Kind::Registered {
+            user: user.into(),
+            contact: format!("sip:{user}@10.0.0.2:5062").into(),
+            expires: Duration::from_secs(3600),
+        }
     }
 
     fn bans(actions: &[Action]) -> Vec<&Verdict> {
@@ -585,6 +668,171 @@ mod tests {
             .filter(|a| matches!(a, Action::Notice { user, .. } if &**user == "300"))
             .count();
         assert!(notices >= 2, "the operator hears which extension fails");
+    }
+
+    #[test]
+    fn a_call_abroad_without_credentials_is_banned_at_the_first_invite() {
+        let mut j = Judge::new(Responsive::default());
+        let mut out = Vec::new();
+        j.observe(
+            ev(
+                Instant::now(),
+                "203.0.113.9",
+                invite("011447911123456", false),
+            ),
+            &mut out,
+        );
+        let v = bans(&out)[0];
+        assert_eq!(v.reason, Reason::TollFraud);
+        assert_eq!(
+            v.detail,
+            "INVITE to 011447911123456 (international prefix 011) without credentials"
+        );
+        assert_eq!(v.evidence, vec!["test".to_string()]);
+        assert!(v.comment().starts_with("toll-fraud: "), "{}", v.comment());
+        assert_eq!(Reason::parse("toll-fraud"), Some(Reason::TollFraud));
+    }
+
+    #[test]
+    fn a_known_good_source_calling_abroad_is_not_touched() {
+        let mut j = Judge::new(Responsive::default());
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        j.observe(ev(t0, "192.0.2.50", registered("201")), &mut out);
+        for (i, dest) in [
+            "011447911123456",
+            "0900123456",
+            "1000",
+            "1001",
+            "1002",
+            "1003",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let at = t0 + Duration::from_secs(i as u64);
+            j.observe(ev(at, "192.0.2.50", invite(dest, false)), &mut out);
+            j.observe(ev(at, "192.0.2.50", call_refused("201", dest)), &mut out);
+        }
+        assert!(bans(&out).is_empty(), "{:?}", bans(&out));
+    }
+
+    #[test]
+    fn an_exempt_source_calling_abroad_is_not_touched() {
+        let mut j = Judge::new(Responsive::default());
+        j.set_exempt(Exempt {
+            nets: Vec::new(),
+            addrs: ["198.51.100.20".parse().unwrap()].into_iter().collect(),
+        });
+        let mut out = Vec::new();
+        j.observe(
+            ev(
+                Instant::now(),
+                "198.51.100.20",
+                invite("0044791112345", false),
+            ),
+            &mut out,
+        );
+        assert!(bans(&out).is_empty());
+    }
+
+    #[test]
+    fn a_phone_calling_an_extension_and_being_challenged_is_not_banned() {
+        let mut j = Judge::new(Responsive::default());
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        j.observe(ev(ms(0), "203.0.113.9", invite("301", false)), &mut out);
+        j.observe(
+            ev(
+                ms(10),
+                "203.0.113.9",
+                Kind::Challenged { user: "301".into() },
+            ),
+            &mut out,
+        );
+        j.observe(ev(ms(30), "203.0.113.9", invite("301", true)), &mut out);
+        assert!(bans(&out).is_empty(), "{:?}", bans(&out));
+    }
+
+    #[test]
+    fn five_destinations_refused_are_a_sweep() {
+        let mut j = Judge::new(Responsive {
+            // Out of the way, to see the toll-fraud verdict rather than guessing's.
+            detect: palisade_model::Detect {
+                burst_failures: 100,
+                distinct_failing_users: 100,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        for (i, dest) in ["1000", "1001", "1002", "1003", "1004"].iter().enumerate() {
+            let at = t0 + Duration::from_secs(i as u64 * 2);
+            j.observe(ev(at, "203.0.113.9", invite(dest, true)), &mut out);
+            assert!(bans(&out).is_empty(), "banned before {dest}");
+            j.observe(ev(at, "203.0.113.9", call_refused("201", dest)), &mut out);
+        }
+        let b = bans(&out);
+        assert_eq!(b.len(), 1, "{b:?}");
+        assert_eq!(b[0].reason, Reason::TollFraud);
+        assert!(
+            b[0].detail.contains("5 different destinations"),
+            "{}",
+            b[0].detail
+        );
+    }
+
+    #[test]
+    fn toll_fraud_can_be_turned_off() {
+        let mut cfg = Responsive::default();
+        cfg.toll_fraud.enabled = false;
+        let mut j = Judge::new(cfg);
+        let mut out = Vec::new();
+        j.observe(
+            ev(
+                Instant::now(),
+                "203.0.113.9",
+                invite("011447911123456", false),
+            ),
+            &mut out,
+        );
+        assert!(bans(&out).is_empty());
+    }
+
+    #[test]
+    fn an_allow_listed_address_is_never_banned_whatever_it_does() {
+        let mut j = Judge::new(Responsive {
+            allow: vec![
+                "198.51.100.0/24".parse().unwrap(),
+                "2001:db8::/48".parse().unwrap(),
+            ],
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        for source in ["198.51.100.7", "2001:db8::7", "::ffff:198.51.100.8"] {
+            j.observe(ev(t0, source, request("friendly-scanner")), &mut out);
+            for i in 0..100 {
+                let at = t0 + Duration::from_millis(i);
+                j.observe(
+                    ev(at, source, failed(&format!("{}", 100 + i % 7))),
+                    &mut out,
+                );
+                j.observe(ev(at, source, invite("011447911123456", false)), &mut out);
+                j.observe(
+                    ev(at, source, Kind::Garbage { error: "x".into() }),
+                    &mut out,
+                );
+            }
+            j.tier_ban(source.parse().unwrap(), t0, &mut out);
+            assert!(j.is_exempt(source.parse().unwrap()));
+        }
+        assert!(bans(&out).is_empty(), "{:?}", bans(&out));
+        // Next door is judged as usual.
+        j.tier_ban("198.51.101.7".parse().unwrap(), t0, &mut out);
+        assert_eq!(bans(&out).len(), 1);
     }
 
     #[test]

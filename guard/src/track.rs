@@ -38,6 +38,8 @@ struct Pending {
     /// The AOR (To user) of a REGISTER.
     aor: Option<Box<str>>,
     credentials: bool,
+    /// INVITE starting a call: the number dialled.
+    destination: Option<Box<str>>,
     /// REGISTER: the binding asked for, and its requested lifetime.
     contact: Option<Box<str>>,
     star: bool,
@@ -53,6 +55,10 @@ pub struct Tracker {
 fn lossy(b: &[u8]) -> Box<str> {
     String::from_utf8_lossy(b).into()
 }
+
+/// Longest destination kept: longer is no phone number, and memory is per
+/// transaction.
+const MAX_DESTINATION: usize = 64;
 
 /// A short printable excerpt of a client-controlled field.
 fn excerpt(b: &[u8]) -> String {
@@ -119,11 +125,24 @@ impl Tracker {
             _ => msg.request_uri_user().or_else(|| msg.to_user()),
         };
         let user = msg.auth_username().or(target);
+        // A call, not a re-INVITE within one (those carry the To tag).
+        let destination = match method {
+            Method::Invite if msg.to_tag().is_none() => msg
+                .request_uri_user()
+                .map(|d| lossy(&d[..d.len().min(MAX_DESTINATION)])),
+            _ => None,
+        };
         let ua = msg.user_agent();
         let summary = format!(
-            "{} {}{}{}",
+            "{} {}{}{}{}",
             String::from_utf8_lossy(method_bytes),
             user.map(excerpt).unwrap_or_else(|| "-".into()),
+            // The number dialled, when the user shown is someone else.
+            destination
+                .as_deref()
+                .filter(|d| user.is_none_or(|u| u != d.as_bytes()))
+                .map(|d| format!(" to {}", excerpt(d.as_bytes())))
+                .unwrap_or_default(),
             ua.map(|u| format!(" ua={:?}", excerpt(u)))
                 .unwrap_or_default(),
             if credentials { " auth" } else { "" },
@@ -148,6 +167,7 @@ impl Tracker {
                     user: user.map(lossy),
                     aor: msg.to_user().map(lossy),
                     credentials,
+                    destination: destination.clone(),
                     contact,
                     star,
                     expires: contact_expires.or_else(|| msg.expires()),
@@ -164,6 +184,7 @@ impl Tracker {
                 user_agent: ua.map(lossy),
                 from_user: msg.from_user().map(lossy),
                 credentials,
+                destination,
             },
             summary,
         });
@@ -189,9 +210,11 @@ impl Tracker {
         let user = p.user.clone().unwrap_or_else(|| "-".into());
         let kind = match status {
             401 | 407 if msg.challenge_is_stale() => return,
-            401 | 407 if p.credentials => Kind::AuthFailed { user },
+            401 | 407 | 403 if p.credentials => Kind::AuthFailed {
+                user,
+                destination: p.destination.clone(),
+            },
             401 | 407 => Kind::Challenged { user },
-            403 if p.credentials => Kind::AuthFailed { user },
             403 | 404 => Kind::UnknownUser { user, status },
             200..=299 if &*p.method == "REGISTER" => {
                 let aor = p

@@ -141,7 +141,7 @@ fn a_guesser_with_a_phone_user_agent_is_banned_at_the_third_failure() {
     let failures = run
         .events
         .iter()
-        .filter(|e| matches!(&e.kind, Kind::AuthFailed { user } if &**user == "100"))
+        .filter(|e| matches!(&e.kind, Kind::AuthFailed { user, .. } if &**user == "100"))
         .count();
     assert_eq!(failures, 3);
 }
@@ -237,6 +237,133 @@ fn svwar_without_its_user_agent_is_caught_by_the_404s() {
         unknown,
         Responsive::default().detect.distinct_unknown_users as usize
     );
+}
+
+/// `request` with its Request-URI (and To) user `from` replaced by `to`, and a
+/// Call-ID of its own.
+fn dialling(request: &str, from: &str, to: &str) -> String {
+    request
+        .replace(&format!("sip:{from}@"), &format!("sip:{to}@"))
+        .replacen("Call-ID: ", &format!("Call-ID: {to}-"), 1)
+}
+
+#[test]
+fn a_call_abroad_is_banned_at_the_invite_before_the_pbx_answers() {
+    let mut run = Run::new();
+    run.feed(Direction::In, &corpus("invite_tech_prefix.sip"));
+    let bans = run.bans();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].0, Reason::TollFraud);
+    assert!(bans[0].1.contains("9011972595123456"), "{}", bans[0].1);
+    // The verdict's evidence names the number dialled.
+    let evidence = run
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Ban(v) => Some(v.evidence.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        evidence,
+        vec!["INVITE 9011972595123456 ua=\"Z 3.3.21933 r21903\"".to_string()]
+    );
+}
+
+#[test]
+fn a_refused_call_to_a_premium_number_is_banned_at_the_refusal() {
+    let mut run = Run::new();
+    let request = corpus("invite_premium_auth.sip");
+    run.feed(Direction::In, &request);
+    assert!(run.bans().is_empty(), "credentials: the PBX judges first");
+    run.feed(Direction::Out, &answer(&request, 403, ""));
+    let bans = run.bans();
+    assert_eq!(bans[0].0, Reason::TollFraud, "{bans:?}");
+    assert_eq!(
+        bans[0].1,
+        "INVITE to 0900123456 (premium prefix 0900) refused for the credentials of 1001"
+    );
+}
+
+#[test]
+fn a_registered_phone_calls_abroad_and_an_extension_unharmed() {
+    let mut run = Run::new();
+    run.exchange(
+        &corpus("register_yealink_auth.sip"),
+        200,
+        "Contact: <sip:201@192.168.1.101:5062>;expires=300\r\n",
+    );
+    assert!(run.judge.is_known_good(run.source, run.t));
+    for call in [
+        "invite_international.sip",
+        "invite_tel_plus.sip",
+        "invite_premium.sip",
+        "invite_extension.sip",
+    ] {
+        // The phone's own User-Agent (the corpus call abroad is from a tool).
+        let call = with_header(&corpus(call), "User-Agent", "Yealink SIP-T46S 66.86.0.15");
+        run.exchange(&call, 407, "");
+    }
+    assert!(run.bans().is_empty(), "{:?}", run.bans());
+}
+
+#[test]
+fn an_unregistered_phone_calling_extensions_is_not_banned() {
+    let mut run = Run::new();
+    for ext in 300..330 {
+        // A call every ten seconds, each challenged and answered.
+        run.t += Duration::from_secs(10);
+        let to = ext.to_string();
+        run.exchange(
+            &dialling(&corpus("invite_extension.sip"), "301", &to),
+            401,
+            "",
+        );
+        run.exchange(
+            &dialling(&corpus("invite_extension_auth.sip"), "301", &to),
+            200,
+            "",
+        );
+    }
+    assert!(run.bans().is_empty(), "{:?}", run.bans());
+}
+
+#[test]
+fn a_sweep_over_extensions_without_credentials_is_banned() {
+    let mut run = Run::new();
+    let template = corpus("invite_extension.sip");
+    for ext in 1000..1010 {
+        run.exchange(&dialling(&template, "301", &ext.to_string()), 401, "");
+        if !run.bans().is_empty() {
+            break;
+        }
+    }
+    let bans = run.bans();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].0, Reason::TollFraud);
+    assert!(
+        bans[0].1.contains("1000,1001,1002,1003,1004"),
+        "{}",
+        bans[0].1
+    );
+}
+
+#[test]
+fn an_allow_listed_scanner_and_guesser_is_never_banned() {
+    let mut run = Run::new();
+    run.judge.reconfigure(Responsive {
+        allow: vec!["203.0.113.0/24".parse().unwrap()],
+        ..Default::default()
+    });
+    run.exchange(&corpus("register_svcrack.sip"), 401, "");
+    let base = corpus("register_svcrack.sip");
+    for i in 0..20 {
+        let guess = with_header(&base, "CSeq", &format!("{} REGISTER", 10 + i));
+        run.exchange(&guess, 401, "");
+    }
+    run.exchange(&corpus("invite_tech_prefix.sip"), 407, "");
+    run.judge.tier_ban(run.source, run.t, &mut run.actions);
+    assert!(run.bans().is_empty(), "{:?}", run.bans());
 }
 
 #[test]

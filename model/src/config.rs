@@ -4,6 +4,7 @@
 //! it is an operator on a PBX console who needs to fix one line, and the running
 //! ruleset stays untouched until the document validates.
 
+use crate::inline::Inline;
 use crate::net::{overlaps, parse_net};
 use crate::policy::{Lockout, Origin, Policy, Sourced, ZoneMembers};
 use crate::responsive::Responsive;
@@ -50,6 +51,9 @@ struct RawPolicy {
     lockout: Option<RawLockout>,
     #[serde(default)]
     responsive: Option<RawResponsive>,
+    /// Per-user rules: extension → services opened for its registered address.
+    #[serde(default)]
+    users: BTreeMap<String, Vec<Spanned<String>>>,
     /// The daemon's own settings live beside the policy in one file; the policy
     /// does not interpret them.
     #[serde(default)]
@@ -111,6 +115,33 @@ struct RawResponsive {
     tiers: RawTiers,
     #[serde(default)]
     detect: RawDetect,
+    #[serde(default)]
+    toll_fraud: RawTollFraud,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    inline: RawInline,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawInline {
+    enabled: Option<bool>,
+    queue: Option<Spanned<i64>>,
+    bypass: Option<bool>,
+    mark: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTollFraud {
+    enabled: Option<bool>,
+    prefixes: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    extra_prefixes: Vec<Spanned<String>>,
+    tech_prefixes: Option<Vec<Spanned<String>>>,
+    sweep_destinations: Option<Spanned<i64>>,
+    sweep_window: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -323,12 +354,15 @@ fn validate(doc: &Doc<'_>, raw: RawPolicy) -> Result<Policy, ConfigError> {
         None => Responsive::default(),
     };
 
+    let users = validate_users(doc, raw.users, &services)?;
+
     Ok(Policy {
         management,
         zones,
         services,
         lockout,
         responsive,
+        users,
         discovered: None,
     })
 }
@@ -346,6 +380,58 @@ fn count(
         return Err(doc.error(v.span(), field, format!("{n} is out of range (1-{max})")));
     }
     Ok(Some(n as u32))
+}
+
+/// `[users]`: every service named must be in the catalogue, so a typo is
+/// an error at load time instead of a grant that never opens.
+fn validate_users(
+    doc: &Doc<'_>,
+    raw: BTreeMap<String, Vec<Spanned<String>>>,
+    services: &[Service],
+) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    let mut users = BTreeMap::new();
+    for (user, names) in raw {
+        let mut list = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let name = name.get_ref().trim();
+            if !services.iter().any(|s| s.name == name) {
+                let known: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                return Err(doc.error(
+                    names[i].span(),
+                    format!("users.{user}[{i}]"),
+                    format!("unknown service `{name}` (known: {})", known.join(", ")),
+                ));
+            }
+            list.push(name.to_string());
+        }
+        users.insert(user, list);
+    }
+    Ok(users)
+}
+
+fn validate_inline(doc: &Doc<'_>, raw: RawInline) -> Result<Inline, ConfigError> {
+    let mut inline = Inline::default();
+    if let Some(on) = raw.enabled {
+        inline.enabled = on;
+    }
+    if let Some(bypass) = raw.bypass {
+        inline.bypass = bypass;
+    }
+    if let Some(q) = count(doc, &raw.queue, "responsive.inline.queue", 65535)? {
+        inline.queue = q as u16;
+    }
+    if let Some(m) = &raw.mark {
+        let v = *m.get_ref();
+        if v <= 0 || v > i64::from(u32::MAX) || (v as u32).count_ones() != 1 {
+            return Err(doc.error(
+                m.span(),
+                "responsive.inline.mark",
+                format!("{v:#x} must be one bit of the 32-bit packet mark, e.g. 0x500000"),
+            ));
+        }
+        inline.mark = v as u32;
+    }
+    Ok(inline)
 }
 
 fn validate_responsive(doc: &Doc<'_>, raw: RawResponsive) -> Result<Responsive, ConfigError> {
@@ -493,7 +579,108 @@ fn validate_responsive(doc: &Doc<'_>, raw: RawResponsive) -> Result<Responsive, 
             *slot = v;
         }
     }
+    validate_toll_fraud(doc, &raw.toll_fraud, &mut r.toll_fraud)?;
+    for (i, entry) in raw.allow.iter().enumerate() {
+        let field = format!("responsive.allow[{i}]");
+        let net = parse_net(entry.get_ref()).map_err(|m| doc.error(entry.span(), &field, m))?;
+        r.allow.push(net);
+    }
+    r.inline = validate_inline(doc, raw.inline)?;
     Ok(r)
+}
+
+/// Longest dial prefix accepted: longer ones are whole numbers, not prefixes.
+const MAX_PREFIX_LEN: usize = 16;
+
+/// See [`crate::responsive::MAX_SWEEP_DESTINATIONS`].
+const MAX_SWEEP_DESTINATIONS: i64 = crate::responsive::MAX_SWEEP_DESTINATIONS as i64;
+
+/// `[responsive.toll_fraud]`.
+fn validate_toll_fraud(
+    doc: &Doc<'_>,
+    raw: &RawTollFraud,
+    t: &mut crate::responsive::TollFraud,
+) -> Result<(), ConfigError> {
+    if let Some(enabled) = raw.enabled {
+        t.enabled = enabled;
+    }
+    if let Some(list) = &raw.prefixes {
+        t.prefixes = dial_prefixes(doc, list, "responsive.toll_fraud.prefixes")?;
+    }
+    t.extra_prefixes = dial_prefixes(
+        doc,
+        &raw.extra_prefixes,
+        "responsive.toll_fraud.extra_prefixes",
+    )?;
+    if let Some(list) = &raw.tech_prefixes {
+        t.tech_prefixes = dial_prefixes(doc, list, "responsive.toll_fraud.tech_prefixes")?;
+    }
+    if let Some(v) = &raw.sweep_destinations {
+        let n = *v.get_ref();
+        if !(2..=MAX_SWEEP_DESTINATIONS).contains(&n) {
+            return Err(doc.error(
+                v.span(),
+                "responsive.toll_fraud.sweep_destinations",
+                format!(
+                    "{n} is out of range (2-{MAX_SWEEP_DESTINATIONS}; 1 would ban a phone at its first call)"
+                ),
+            ));
+        }
+        t.sweep_destinations = n as u32;
+    }
+    if let Some(v) = &raw.sweep_window {
+        let field = "responsive.toll_fraud.sweep_window";
+        let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+            doc.error(
+                v.span(),
+                field,
+                format!("`{}` is not a duration: {e}", v.get_ref()),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(doc.error(v.span(), field, "a window of 0 s sees no sweep"));
+        }
+        t.sweep_window = d;
+    }
+    Ok(())
+}
+
+/// A list of dial prefixes: digits, `+`, `*` and `#` as dialled, without
+/// separators, so that what is configured is exactly what is compared.
+fn dial_prefixes(
+    doc: &Doc<'_>,
+    list: &[Spanned<String>],
+    field: &str,
+) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, entry) in list.iter().enumerate() {
+        let text = entry.get_ref().trim();
+        let field = format!("{field}[{i}]");
+        if text.is_empty() {
+            return Err(doc.error(
+                entry.span(),
+                field,
+                "an empty prefix would match every number",
+            ));
+        }
+        if text.len() > MAX_PREFIX_LEN
+            || !text
+                .chars()
+                .all(|c| c.is_ascii_digit() || matches!(c, '+' | '*' | '#'))
+        {
+            return Err(doc.error(
+                entry.span(),
+                field,
+                format!(
+                    "`{text}` is not a dial prefix (up to {MAX_PREFIX_LEN} of 0-9, `+`, `*`, `#`, no separators)"
+                ),
+            ));
+        }
+        if !out.iter().any(|p: &String| p == text) {
+            out.push(text.to_string());
+        }
+    }
+    Ok(out)
 }
 
 fn validate_services(doc: &Doc<'_>, raw: Vec<RawService>) -> Result<Vec<Service>, ConfigError> {
@@ -795,6 +982,75 @@ session_grace = "1h"
         assert!(e.to_string().contains("at least 3 characters"), "{e}");
         let e = err("[responsive.detect]\nbogus = 1\n");
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn toll_fraud_settings_parse_and_bad_ones_are_named() {
+        let p = parse_policy("", "p.toml").unwrap();
+        let t = &p.responsive.toll_fraud;
+        assert!(t.enabled);
+        assert!(t.prefixes.iter().any(|p| p == "011"));
+        assert_eq!(t.sweep_destinations, 5);
+        assert_eq!(t.sweep_window, Duration::from_secs(60));
+
+        let p = parse_policy(
+            "[responsive.toll_fraud]\nenabled = false\nprefixes = [\"00\", \"+\"]\nextra_prefixes = [\"0137\", \"0137\"]\ntech_prefixes = [\"9\", \"*8\"]\nsweep_destinations = 8\nsweep_window = \"2m\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        let t = &p.responsive.toll_fraud;
+        assert!(!t.enabled);
+        assert_eq!(t.prefixes, vec!["00".to_string(), "+".to_string()]);
+        assert_eq!(t.extra_prefixes, vec!["0137".to_string()]);
+        assert_eq!(t.tech_prefixes, vec!["9".to_string(), "*8".to_string()]);
+        assert_eq!(t.sweep_destinations, 8);
+        assert_eq!(t.sweep_window, Duration::from_secs(120));
+
+        let e = err("[responsive.toll_fraud]\nextra_prefixes = [\"0137\", \"09-00\"]\n");
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (2, "responsive.toll_fraud.extra_prefixes[1]"),
+            "{e}"
+        );
+        assert!(e.message.contains("not a dial prefix"), "{e}");
+        let e = err("[responsive.toll_fraud]\nprefixes = [\"\"]\n");
+        assert_eq!(e.field, "responsive.toll_fraud.prefixes[0]", "{e}");
+        let e = err("[responsive.toll_fraud]\n\nsweep_destinations = 1\n");
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (3, "responsive.toll_fraud.sweep_destinations"),
+            "{e}"
+        );
+        let e = err("[responsive.toll_fraud]\nsweep_window = \"0s\"\n");
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (2, "responsive.toll_fraud.sweep_window"),
+            "{e}"
+        );
+        let e = err("[responsive.toll_fraud]\nsweep_window = \"soon\"\n");
+        assert!(e.to_string().contains("`soon` is not a duration"), "{e}");
+        let e = err("[responsive.toll_fraud]\nprefix = [\"00\"]\n");
+        assert!(e.to_string().contains("prefix"), "{e}");
+    }
+
+    #[test]
+    fn the_allow_list_parses_and_bad_entries_are_named() {
+        let p = parse_policy(
+            "[responsive]\nallow = [\"198.51.100.0/24\", \"2001:db8::/48\", \"192.0.2.7\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        let allow = &p.responsive.allow;
+        assert_eq!(allow.len(), 3);
+        assert_eq!(allow[2].to_string(), "192.0.2.7/32");
+        assert!(p.responsive.allows("2001:db8::5".parse().unwrap()));
+        let e = err("[responsive]\nallow = [\"198.51.100.0/24\",\n  \"198.51.100.1/24\"]\n");
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (3, "responsive.allow[1]"),
+            "{e}"
+        );
+        assert!(e.message.contains("did you mean"), "{e}");
     }
 
     #[test]

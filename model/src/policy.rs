@@ -83,6 +83,9 @@ pub struct Policy {
     /// What discovery found in the PBX's configuration, once merged in with
     /// [`Policy::with_facts`].
     pub discovered: Option<PbxFacts>,
+    /// Per-user rules (`[users]`): extension → names of the services opened for
+    /// the address it registers from, while the registration lives.
+    pub users: BTreeMap<String, Vec<String>>,
 }
 
 impl Policy {

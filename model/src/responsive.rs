@@ -6,6 +6,7 @@
 //! password at its own pace is tolerated for a long while, and a registered
 //! phone (known-good) never meets a limit.
 
+use ipnet::IpNet;
 use std::time::Duration;
 
 /// User-Agent fragments of known attack tools (case-insensitive substring match).
@@ -29,6 +30,124 @@ pub const SCANNER_USER_AGENTS: &[&str] = &[
     "zxcvfdf11",
     "fdgddfg546df4g8d5f",
 ];
+
+/// International dialling prefixes: `00` (ITU, most of the world), `011`
+/// (North America) and `+` (E.164 as written in a URI). A call abroad is what
+/// toll fraud sells, so these are fraud prefixes by default.
+pub const INTERNATIONAL_PREFIXES: &[&str] = &["00", "011", "+"];
+
+/// Premium-rate prefixes fraudsters dial to collect the revenue share:
+/// `1900` (North America's 1-900, and Australia's 1900), `0900` (Germany,
+/// Austria, Switzerland, the Netherlands, Belgium, the UK), `0906` and `0909`
+/// (the UK's and the Netherlands' premium entertainment ranges).
+///
+/// Deliberately not listed: prefixes that are ordinary numbers elsewhere, such
+/// as `09` (Nuremberg is 0911, Japan's mobiles are 090), `089x` (Munich) or
+/// `1976` (976 is an exchange, not a prefix, in North America). Operators add
+/// their country's premium ranges with `extra_prefixes`.
+pub const PREMIUM_PREFIXES: &[&str] = &["1900", "0900", "0906", "0909"];
+
+/// Outside-line ("tech") prefixes that attack tools put in front of a fraud
+/// prefix because many PBXs want them (`9011…`, `900…`): a fraud prefix
+/// matches after one of these too. `*` and `#` in front of a number are always
+/// skipped, as no number starts with them.
+pub const TECH_PREFIXES: &[&str] = &["9"];
+
+/// Most distinct destinations `sweep_destinations` may be set to: the detector
+/// remembers that many per source, and a flood of spoofed sources multiplies it.
+pub const MAX_SWEEP_DESTINATIONS: u32 = 100;
+
+/// What a fraud prefix stands for, for the verdict's sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrefixKind {
+    International,
+    Premium,
+    /// Listed by the operator and not one of the built-in prefixes.
+    Configured,
+}
+
+impl PrefixKind {
+    /// The kind of a prefix: built-in ones keep their meaning wherever they
+    /// are listed.
+    pub fn of(prefix: &str) -> PrefixKind {
+        if INTERNATIONAL_PREFIXES.contains(&prefix) {
+            PrefixKind::International
+        } else if PREMIUM_PREFIXES.contains(&prefix) {
+            PrefixKind::Premium
+        } else {
+            PrefixKind::Configured
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrefixKind::International => "international",
+            PrefixKind::Premium => "premium",
+            PrefixKind::Configured => "configured",
+        }
+    }
+}
+
+/// Toll fraud: calls to costly destinations through a PBX by someone who is
+/// not one of its phones or trunks.
+///
+/// Such a caller sends INVITEs without credentials, hoping the PBX routes
+/// anonymous calls, or with guessed ones. A phone's first INVITE is also
+/// without credentials (the PBX challenges it and the phone retries with
+/// them), so only an INVITE to a fraud prefix, or a sweep over many
+/// destinations, is proof; a call to an extension never is. Known-good
+/// sources (live registrations), trunks and exempt addresses are never judged
+/// by this detector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TollFraud {
+    pub enabled: bool,
+    /// Dial prefixes whose calls cost money: by default
+    /// [`INTERNATIONAL_PREFIXES`] and [`PREMIUM_PREFIXES`]. An INVITE to one of
+    /// them without credentials, or refused for its credentials, bans the
+    /// source at once.
+    pub prefixes: Vec<String>,
+    /// The operator's own fraud prefixes, on top of `prefixes` (so adding one
+    /// does not mean retyping the defaults).
+    pub extra_prefixes: Vec<String>,
+    /// See [`TECH_PREFIXES`].
+    pub tech_prefixes: Vec<String>,
+    /// Distinct destinations of INVITEs without credentials (never followed
+    /// by credentials) or refused, from one address within `sweep_window`,
+    /// that make a sweep whatever the numbers: a tool trying which dial plan
+    /// lets it out (`972…`, `00972…`, `9011972…`).
+    pub sweep_destinations: u32,
+    pub sweep_window: Duration,
+}
+
+impl Default for TollFraud {
+    fn default() -> Self {
+        TollFraud {
+            enabled: true,
+            prefixes: INTERNATIONAL_PREFIXES
+                .iter()
+                .chain(PREMIUM_PREFIXES)
+                .map(|s| s.to_string())
+                .collect(),
+            extra_prefixes: Vec::new(),
+            tech_prefixes: TECH_PREFIXES.iter().map(|s| s.to_string()).collect(),
+            sweep_destinations: 5,
+            sweep_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TollFraud {
+    /// Every fraud prefix with its kind, operator additions last, duplicates once.
+    pub fn all_prefixes(&self) -> Vec<(String, PrefixKind)> {
+        let mut out: Vec<(String, PrefixKind)> = Vec::new();
+        for p in self.prefixes.iter().chain(&self.extra_prefixes) {
+            if !out.iter().any(|(q, _)| q == p) {
+                out.push((p.clone(), PrefixKind::of(p)));
+            }
+        }
+        out
+    }
+}
 
 /// Per-source rate limits applied in the kernel to SIP/IAX2 packets from sources
 /// that are neither trusted, a trunk, nor known-good.
@@ -126,6 +245,13 @@ pub struct Responsive {
     pub offence_memory: Duration,
     /// Per-source states kept in memory at most (least recently seen forgotten first).
     pub max_sources: usize,
+    pub toll_fraud: TollFraud,
+    /// Addresses no detector may ban, whatever they send: the judge treats
+    /// them like management and trusted networks. For a partner or monitoring
+    /// host that is not in a trusted zone but must never be locked out.
+    pub allow: Vec<IpNet>,
+    /// Inline mode (NFQUEUE): unknown sources' SIP waits for the agent's verdict.
+    pub inline: crate::inline::Inline,
 }
 
 impl Default for Responsive {
@@ -144,6 +270,9 @@ impl Default for Responsive {
             ],
             offence_memory: Duration::from_secs(30 * 86_400),
             max_sources: 20_000,
+            toll_fraud: TollFraud::default(),
+            allow: Vec::new(),
+            inline: crate::inline::Inline::default(),
         }
     }
 }
@@ -160,6 +289,12 @@ impl Responsive {
                     .map(|s| s.to_ascii_lowercase()),
             )
             .collect()
+    }
+
+    /// Whether `addr` is on the allow-list (IPv4-mapped IPv6 folded to IPv4).
+    pub fn allows(&self, addr: std::net::IpAddr) -> bool {
+        let addr = crate::net::canonical(addr);
+        self.allow.iter().any(|n| n.contains(&addr))
     }
 
     /// The ban for an address's `offence`-th offence (1-based).
@@ -195,5 +330,32 @@ mod tests {
         let f = r.scanner_fragments();
         assert!(f.contains(&"friendly-scanner".to_string()));
         assert!(f.contains(&"evildialer".to_string()));
+    }
+
+    #[test]
+    fn fraud_prefixes_keep_their_kind_and_extras_come_last() {
+        let t = TollFraud {
+            extra_prefixes: vec!["0044".into(), "00".into()],
+            ..Default::default()
+        };
+        let all = t.all_prefixes();
+        assert_eq!(all[0], ("00".to_string(), PrefixKind::International));
+        assert!(all.contains(&("1900".to_string(), PrefixKind::Premium)));
+        assert_eq!(
+            all.last(),
+            Some(&("0044".to_string(), PrefixKind::Configured))
+        );
+        assert_eq!(all.iter().filter(|(p, _)| p == "00").count(), 1);
+    }
+
+    #[test]
+    fn the_allow_list_matches_mapped_addresses() {
+        let r = Responsive {
+            allow: vec!["198.51.100.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(r.allows("198.51.100.7".parse().unwrap()));
+        assert!(r.allows("::ffff:198.51.100.7".parse().unwrap()));
+        assert!(!r.allows("198.51.101.7".parse().unwrap()));
     }
 }

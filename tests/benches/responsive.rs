@@ -25,7 +25,7 @@ use palisade_tests::{
     exclusive, flood_scenario, guess_flood_scenario, phone_ua_crack_scenario, require_root_tools,
     require_sip_tools, scan_scenario, standard_lab, svcrack_scenario,
     wrong_password_phone_scenario, AgentMode, CrackOutcome, Family, PhoneOutcome, PhonePlan, Rig,
-    SetElement, SipTransport,
+    SetElement, SipRequest, SipTransport,
 };
 
 const BASELINE_VAR: &str = "PALISADE_BENCH_BASELINE";
@@ -223,7 +223,7 @@ fn crack_cell(out: &CrackOutcome) -> Measured {
         count(out.guesses_reached as u64),
         ban_text(&out.ban, out.ban_after)
     );
-    let detail = format!(
+    let mut detail = format!(
         "{} passwords; {} guesses and {} requests reached the registrar; meter: {} packets \
          arrived, {} passed; {}{}; cracked: {:?}; tool ran {:.1} s",
         out.passwords,
@@ -236,7 +236,33 @@ fn crack_cell(out: &CrackOutcome) -> Measured {
         out.cracked,
         out.elapsed.as_secs_f64()
     );
+    if std::env::var_os("PALISADE_BENCH_TRACE").is_some() {
+        detail.push_str(&timeline(&out.requests));
+    }
     Measured { cell, detail }
+}
+
+/// The requests that reached the registrar, relative to the first: what to
+/// read when a bound is missed (`PALISADE_BENCH_TRACE=1`).
+fn timeline(requests: &[SipRequest]) -> String {
+    let Some(first) = requests.first() else {
+        return String::new();
+    };
+    requests
+        .iter()
+        .map(|r| {
+            let at = r.at.duration_since(first.at).unwrap_or_default();
+            format!(
+                "\n    +{:>7.1} ms {} {} {} auth={} {}",
+                at.as_secs_f64() * 1e3,
+                r.method,
+                r.src,
+                r.user,
+                r.auth,
+                r.result
+            )
+        })
+        .collect()
 }
 
 fn run_svcrack(mode: AgentMode) -> Result<Measured> {
@@ -249,6 +275,9 @@ fn run_phone_ua(mode: AgentMode) -> Result<Measured> {
     let lab = standard_lab("bua")?;
     let rig = Rig::start(&lab, mode)?;
     let mut m = crack_cell(&phone_ua_crack_scenario(&rig, Family::V4, 2000, 180.0)?);
+    if std::env::var_os("PALISADE_BENCH_TRACE").is_some() {
+        eprintln!("{}", rig.diagnostics());
+    }
     m.detail
         .push_str(" (SIPp at svcrack's pace: svcrack 0.3.8 cannot set its User-Agent)");
     Ok(m)

@@ -1572,7 +1572,7 @@ impl<'a> Rig<'a> {
             }
             out.push_str(&format!(
                 "agent log (end):\n{}\n",
-                tail_lines(&agent.daemon_log(), 20)
+                tail_lines(&agent.daemon_log(), 60)
             ));
         }
         out.push_str(&format!("set events: {:?}\n", self.watch.events()));
@@ -1668,6 +1668,8 @@ pub struct CrackOutcome {
     pub elapsed: Duration,
     /// The tool's output, for messages.
     pub log: String,
+    /// The attacker's requests the registrar saw, in order.
+    pub requests: Vec<SipRequest>,
 }
 
 /// svcrack from the attacker against user 300 with `passwords` wrong
@@ -1756,6 +1758,7 @@ fn crack_outcome(
         cracked,
         elapsed,
         log,
+        requests: done.requests,
     })
 }
 

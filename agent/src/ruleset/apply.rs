@@ -79,6 +79,38 @@ impl Nft {
 
     /// The full JSON listing of the agent's table (every element of every set),
     /// or `None` when it does not exist. Costs about 0.5 s per 100,000 elements.
+    /// A dry run of `text` (nft syntax): the kernel validates it, nothing is
+    /// changed.
+    pub fn check_text(&self, text: &str) -> Result<(), NftError> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let exec = |e: std::io::Error| NftError::Exec {
+            program: self.program.clone(),
+            detail: e.to_string(),
+        };
+        let mut child = Command::new(&self.program)
+            .args(&self.prefix)
+            .args(["-c", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(exec)?;
+        let _ = child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes());
+        let output = child.wait_with_output().map_err(exec)?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(NftError::Rejected {
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            })
+        }
+    }
+
     pub fn list_raw(&self) -> Result<Option<String>, NftError> {
         self.list_json(&["list", "table", "inet", TABLE])
     }

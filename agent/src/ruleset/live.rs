@@ -1,7 +1,7 @@
 //! The live table as the kernel reports it (`nft -j list table inet palisade`),
 //! read back into the model's terms.
 
-use super::render::{SetRole, INFO_CHAIN};
+use super::render::{SetRole, CHAIN_DIGEST_PREFIX, INFO_CHAIN};
 use palisade_model::{DynamicState, Grant, Proto, TimedAddr};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -24,6 +24,17 @@ pub struct LiveTable {
     /// Set name → raw element JSON values.
     pub sets: BTreeMap<String, Vec<Value>>,
     pub chains: BTreeMap<String, Vec<LiveRule>>,
+    /// Chain name → the digest its rules had when written (see
+    /// [`super::render::ChainSpec::digest`]).
+    pub chain_digests: BTreeMap<String, String>,
+}
+
+/// `chain NAME digest=HEX` → (NAME, HEX).
+fn parse_chain_digest(comment: &str) -> Option<(String, String)> {
+    let (name, digest) = comment
+        .strip_prefix(CHAIN_DIGEST_PREFIX)?
+        .split_once(" digest=")?;
+    Some((name.to_string(), digest.to_string()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +72,12 @@ impl LiveTable {
                         .find_map(|s| s.get("counter")?.get("packets")?.as_u64())
                 });
                 if chain == INFO_CHAIN {
-                    live.marker = comment.clone();
+                    match comment.as_deref().and_then(parse_chain_digest) {
+                        Some((name, digest)) => {
+                            live.chain_digests.insert(name, digest);
+                        }
+                        None => live.marker = comment.clone(),
+                    }
                 }
                 live.chains
                     .entry(chain.clone())
@@ -75,6 +91,12 @@ impl LiveTable {
             }
         }
         Ok(live)
+    }
+
+    /// Whether `chain` is in the kernel exactly as `spec` would write it.
+    pub fn chain_in_force(&self, spec: &super::render::ChainSpec) -> bool {
+        self.rule_count(&spec.name) == spec.rules.len()
+            && self.chain_digests.get(&spec.name) == Some(&spec.digest())
     }
 
     /// The schema version written in the marker, if any.

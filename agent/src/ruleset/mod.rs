@@ -5,6 +5,7 @@ pub mod apply;
 mod expr;
 pub mod live;
 pub mod plan;
+pub mod queue;
 pub mod render;
 pub mod shell;
 

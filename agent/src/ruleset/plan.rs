@@ -85,14 +85,14 @@ fn chain_object(spec_name: &str, hook: Option<Hook>) -> Chain<'static> {
         handle: None,
         _type: hook.map(|_| NfChainType::Filter),
         hook: hook.map(|h| match h {
-            Hook::Input => NfHook::Input,
+            Hook::Input | Hook::InlineQueue => NfHook::Input,
             Hook::Output => NfHook::Output,
         }),
-        prio: hook.map(|_| 0),
+        prio: hook.map(Hook::priority),
         dev: None,
         policy: hook.map(|h| match h {
             Hook::Input => NfChainPolicy::Drop,
-            Hook::Output => NfChainPolicy::Accept,
+            Hook::Output | Hook::InlineQueue => NfChainPolicy::Accept,
         }),
     }
 }
@@ -112,6 +112,11 @@ fn rule_objects(chain: &ChainSpec) -> impl Iterator<Item = NfListObject<'static>
 }
 
 fn marker_rule(desired: &Desired) -> NfListObject<'static> {
+    info_rule(desired.marker())
+}
+
+/// A rule of [`INFO_CHAIN`], which nothing jumps to: its comment is the record.
+fn info_rule(comment: String) -> NfListObject<'static> {
     NfListObject::Rule(Rule {
         family: NfFamily::INet,
         table: Cow::Borrowed(TABLE),
@@ -119,7 +124,7 @@ fn marker_rule(desired: &Desired) -> NfListObject<'static> {
         expr: Cow::Owned(vec![counter()]),
         handle: None,
         index: None,
-        comment: Some(Cow::Owned(desired.marker())),
+        comment: Some(Cow::Owned(comment)),
     })
 }
 
@@ -196,16 +201,25 @@ fn dynamic_by_set(state: &DynamicState) -> BTreeMap<String, Vec<(String, Express
 }
 
 fn add_all_static(batch: &mut Batch<'static>, desired: &Desired) {
+    add_static(batch, desired, |_| true);
+}
+
+/// Adds every chain, the rules of the chains `refill` picks, the markers and
+/// the static elements.
+fn add_static(batch: &mut Batch<'static>, desired: &Desired, refill: impl Fn(&ChainSpec) -> bool) {
     for chain in &desired.chains {
         batch.add(NfListObject::Chain(chain_object(&chain.name, chain.hook)));
     }
     batch.add(NfListObject::Chain(chain_object(INFO_CHAIN, None)));
-    for chain in &desired.chains {
+    for chain in desired.chains.iter().filter(|c| refill(c)) {
         for r in rule_objects(chain) {
             batch.add(r);
         }
     }
     batch.add(marker_rule(desired));
+    for chain in &desired.chains {
+        batch.add(info_rule(chain.digest_comment()));
+    }
     for (set, elems) in &desired.static_elements {
         if !elems.is_empty() {
             batch.add(elements(set, elems.clone()));
@@ -257,10 +271,16 @@ pub fn plan(
                             .unwrap_or(0)
                 });
         if drifted {
-            // Flush and refill inside the same transaction: no moment without rules.
+            // Flush and refill inside the same transaction: no moment without
+            // rules. Only the chains that changed, so the others keep their
+            // counters and meters.
             summary.static_changed = true;
-            let chains = desired.chains.iter().map(|c| (c.name.as_str(), c.hook));
-            for (name, hook) in chains.chain([(INFO_CHAIN, None)]) {
+            let stale = |c: &ChainSpec| !live.chain_in_force(c);
+            let chains = desired.chains.iter().filter(|c| stale(c));
+            for (name, hook) in chains
+                .map(|c| (c.name.as_str(), c.hook))
+                .chain([(INFO_CHAIN, None)])
+            {
                 batch.add(NfListObject::Chain(chain_object(name, hook)));
                 batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(name, hook))));
             }
@@ -269,7 +289,17 @@ pub fn plan(
                     batch.add_cmd(NfCmd::Flush(FlushObject::Set(Box::new(set_object(spec)))));
                 }
             }
-            add_all_static(&mut batch, desired);
+            // Chains the policy no longer has (inline mode turned off, say):
+            // whatever jumped to them was refilled above.
+            let obsolete = live
+                .chains
+                .keys()
+                .filter(|n| *n != INFO_CHAIN && !desired.chains.iter().any(|c| &c.name == *n));
+            for name in obsolete {
+                batch.add_cmd(NfCmd::Flush(FlushObject::Chain(chain_object(name, None))));
+                batch.delete(NfListObject::Chain(chain_object(name, None)));
+            }
+            add_static(&mut batch, desired, stale);
         }
         // Only the sets with wanted elements are compared (see `needed_sets`).
         let compared = |s: &&SetSpec| mode == DynMode::Replace || wanted.contains_key(&s.name);
@@ -471,6 +501,35 @@ pub fn grant_batch(grants: &[Grant], delete: bool) -> Nftables<'static> {
     batch.to_nftables()
 }
 
+/// Like [`element_renew`] for per-user grants: `renew` get exactly their new
+/// timeouts, `end` go, present or not, in one transaction.
+pub fn grant_renew(renew: &[Grant], end: &[Grant]) -> Nftables<'static> {
+    let mut batch = Batch::new();
+    for family in Family::ALL {
+        let name = super::render::set_name("grant", family);
+        let bare: Vec<Expression<'static>> = renew
+            .iter()
+            .chain(end)
+            .filter(|g| Family::of(&g.addr) == family)
+            .map(|g| key_expr(&grant_key(g.addr, g.proto, g.port)))
+            .collect();
+        if bare.is_empty() {
+            continue;
+        }
+        batch.add(elements(&name, bare.clone()));
+        batch.delete(elements(&name, bare));
+        let timed: Vec<Expression<'static>> = renew
+            .iter()
+            .filter(|g| Family::of(&g.addr) == family)
+            .map(grant_element)
+            .collect();
+        if !timed.is_empty() {
+            batch.add(elements(&name, timed));
+        }
+    }
+    batch.to_nftables()
+}
+
 /// The transaction that removes the agent's table and nothing else.
 pub fn delete_table_batch() -> Nftables<'static> {
     let mut batch = Batch::new();
@@ -516,6 +575,8 @@ mod tests {
                 chain.name.clone(),
                 vec![LiveRule::default(); chain.rules.len()],
             );
+            live.chain_digests
+                .insert(chain.name.clone(), chain.digest());
         }
         live
     }
@@ -588,6 +649,46 @@ mod tests {
             !json.contains("\"name\":\"ban_v4\""),
             "the ban set is not touched at all"
         );
+    }
+
+    /// Refilling a chain resets its meters: the tiers would forget every
+    /// source's rate at each policy change.
+    #[test]
+    fn a_policy_change_refills_only_the_chains_that_changed() {
+        let old = render(&parse_policy("", "t").unwrap());
+        let new = render(
+            &parse_policy("[[services]]\nname = \"ssh\"\nzones = [\"other\"]\n", "t").unwrap(),
+        );
+        let live = live_of(&old, &[]);
+        let p = plan(&new, Some(&live), &DynamicState::default(), DynMode::Merge);
+        assert!(p.summary.static_changed);
+        let json = serde_json::to_string(&p.batch).unwrap();
+        let flushed: Vec<&str> = p
+            .batch
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                nftables::schema::NfObject::CmdObject(NfCmd::Flush(FlushObject::Chain(c))) => {
+                    Some(&*c.name)
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(flushed.contains(&"zone_other"), "{flushed:?}");
+        assert!(flushed.contains(&INFO_CHAIN), "{flushed:?}");
+        assert!(!flushed.contains(&"guard"), "{flushed:?}");
+        assert!(
+            !json.contains("\"tier_v4\""),
+            "the tier rules are left alone: {json}"
+        );
+        assert!(plan(
+            &new,
+            Some(&live_of(&new, &[])),
+            &DynamicState::default(),
+            DynMode::Merge
+        )
+        .summary
+        .is_noop());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::expr::*;
 use nftables::expr::{Elem, Expression, MetaKey, NamedExpression};
 use nftables::schema::{SetFlag, SetType, SetTypeValue};
 use nftables::stmt::{Limit, Log, Meter, SetOp, Statement};
+use palisade_model::inline::QueueBackend;
 use palisade_model::{
     DynSet, Family, Policy, PortSpec, Proto, Service, Stage, Zone, INPUT_PIPELINE,
 };
@@ -34,6 +35,11 @@ pub const GUARD_CHAIN: &str = "guard";
 pub const FLOOD_CHAIN: &str = "flood";
 /// Copies clear-text SIP to the agent (NFLOG).
 pub const WATCH_CHAIN: &str = "watch";
+/// Inline mode: marks clear-text SIP of unknown sources for the agent's queue.
+pub const INLINE_CHAIN: &str = "inline";
+/// Inline mode, native backend: the base chain that queues marked packets,
+/// after every filter chain (so the zones have had their say first).
+pub const INLINE_QUEUE_CHAIN: &str = "inline_queue";
 /// NFLOG prefixes: which way a copied packet went, or why the kernel banned.
 pub const LOG_IN: &str = "palisade:in";
 pub const LOG_OUT: &str = "palisade:out";
@@ -82,12 +88,25 @@ pub struct ChainSpec {
     pub rules: Vec<RuleSpec>,
 }
 
-/// The two base chains: input filters (policy drop); output only watches the
-/// PBX's SIP responses (policy accept).
+/// The base chains: input filters (policy drop); output only watches the
+/// PBX's SIP responses (policy accept); in inline mode with nft's own queue,
+/// a late input chain hands marked packets to the agent (policy accept).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Hook {
     Input,
     Output,
+    InlineQueue,
+}
+
+impl Hook {
+    /// Priority of the base chain: filter (0), or after it for the queue
+    /// (iptables-nft's `security` table sits at 150; the same place).
+    pub fn priority(self) -> i32 {
+        match self {
+            Hook::Input | Hook::Output => 0,
+            Hook::InlineQueue => 150,
+        }
+    }
 }
 
 /// The whole desired table.
@@ -110,6 +129,30 @@ impl Desired {
     /// The comment of the marker rule in [`INFO_CHAIN`].
     pub fn marker(&self) -> String {
         format!("palisade schema={SCHEMA} policy={}", self.fingerprint)
+    }
+}
+
+/// Start of the comment of the rule in [`INFO_CHAIN`] that records one
+/// chain's digest: `chain NAME digest=HEX`.
+pub const CHAIN_DIGEST_PREFIX: &str = "chain ";
+
+impl ChainSpec {
+    /// Digest of the chain's rules. A policy change refills only the chains
+    /// whose digest changed: refilling a chain resets the state of the meters
+    /// its rules own (the rate tiers), which would hand every source a fresh
+    /// burst at each change.
+    pub fn digest(&self) -> String {
+        let digest = Sha256::digest(serde_json::to_vec(self).expect("rendered objects serialize"));
+        hex::encode(&digest[..8])
+    }
+
+    /// The comment recording [`ChainSpec::digest`] in [`INFO_CHAIN`].
+    pub fn digest_comment(&self) -> String {
+        format!(
+            "{CHAIN_DIGEST_PREFIX}{} digest={}",
+            self.name,
+            self.digest()
+        )
     }
 }
 
@@ -404,7 +447,11 @@ fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
             ],
         ));
     }
-    guard.push(rule("guard: watch", vec![goto(WATCH_CHAIN)]));
+    if r.inline.enabled {
+        guard.push(rule("guard: inline", vec![goto(INLINE_CHAIN)]));
+    } else {
+        guard.push(rule("guard: watch", vec![goto(WATCH_CHAIN)]));
+    }
 
     let ban_secs = u32::try_from(tiers.flood_ban.as_secs())
         .unwrap_or(u32::MAX)
@@ -445,7 +492,7 @@ fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
     let watch = port_rules(&watched, "dport", "watch: sip", || {
         vec![nflog(r.nflog_group, LOG_IN)]
     });
-    vec![
+    let mut chains = vec![
         ChainSpec {
             name: GUARD_CHAIN.into(),
             hook: None,
@@ -461,7 +508,62 @@ fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
             hook: None,
             rules: watch,
         },
-    ]
+    ];
+    chains.extend(inline_chains(policy));
+    chains
+}
+
+/// Inline mode: clear-text SIP of unknown sources is marked here and, once
+/// the zones have accepted it, queued to the agent by a later base chain
+/// (ours with nft's `queue`, or iptables-nft's with the xt target, which the
+/// agent keeps outside this table). Marking rather than queueing here keeps
+/// the zones in charge: an accepted queued packet would skip the rest of the
+/// chain.
+fn inline_chains(policy: &Policy) -> Vec<ChainSpec> {
+    let inline = &policy.responsive.inline;
+    if !inline.enabled {
+        return Vec::new();
+    }
+    let mark = inline.mark;
+    let marked = port_rules(&policy.sip_watch_ports(), "dport", "inline: sip", || {
+        vec![Statement::Mangle(nftables::stmt::Mangle {
+            key: meta(MetaKey::Mark),
+            value: Expression::BinaryOperation(Box::new(nftables::expr::BinaryOperation::OR(
+                vec![meta(MetaKey::Mark), number(mark)],
+            ))),
+        })]
+    });
+    let mut chains = vec![ChainSpec {
+        name: INLINE_CHAIN.into(),
+        hook: None,
+        rules: marked,
+    }];
+    if inline.backend == QueueBackend::Native {
+        let mut flags = std::collections::HashSet::new();
+        if inline.bypass {
+            flags.insert(nftables::stmt::QueueFlag::Bypass);
+        }
+        chains.push(ChainSpec {
+            name: INLINE_QUEUE_CHAIN.into(),
+            hook: Some(Hook::InlineQueue),
+            rules: vec![rule(
+                "inline: to the agent",
+                vec![
+                    eq(
+                        Expression::BinaryOperation(Box::new(
+                            nftables::expr::BinaryOperation::AND(meta(MetaKey::Mark), number(mark)),
+                        )),
+                        number(mark),
+                    ),
+                    Statement::Queue(nftables::stmt::Queue {
+                        num: number(inline.queue.into()),
+                        flags: Some(flags),
+                    }),
+                ],
+            )],
+        });
+    }
+    chains
 }
 
 /// The output hook copies the PBX's SIP (its answers tell the truth about each

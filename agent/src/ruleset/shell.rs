@@ -113,6 +113,7 @@ impl NftShell {
         let result = self.exchange(&serde_json::to_vec(batch).expect("nft batches serialize"));
         let seconds = started.elapsed().as_secs_f64();
         metrics::histogram!("palisade_nft_fast_seconds").record(seconds);
+        tracing::debug!(seconds, ok = result.is_ok(), "nft shell transaction");
         if result.is_err() {
             metrics::counter!("palisade_nft_transactions_rejected_total").increment(1);
         }

@@ -12,18 +12,22 @@
 //! when the policy changes. Stopping the agent stops the watch; the bans and
 //! rules already in the kernel stay in force.
 
+pub mod grants;
 pub mod nflog;
+pub mod nfqueue;
 pub mod packet;
 
-use crate::ruleset::plan::element_renew;
+use crate::ruleset::plan::{element_renew, grant_renew};
 use crate::ruleset::render::{LOG_IN, LOG_OUT, LOG_TIER_BAN};
 use crate::ruleset::{Nft, NftShell};
+use grants::{GrantChange, UserGrants};
 use nflog::{Nflog, Read};
-use packet::{decode, L4};
+use nfqueue::NfQueue;
+use packet::{decode, Packet, L4};
 use palisade_guard::sip::{self, Limits, Parsed, StreamConfig, Streams, Transport};
 use palisade_guard::{Action, Direction, Event, Exempt, Judge, Tracker, Verdict};
 use palisade_model::dynamic::clip_comment;
-use palisade_model::{DynSet, Policy, Responsive, TimedAddr, Zone};
+use palisade_model::{DynSet, Grant, Policy, Proto, Responsive, TimedAddr, Zone};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
@@ -40,7 +44,7 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// What the daemon tells the reader.
 enum Control {
-    Reconfigure(Box<Responsive>, Exempt),
+    Reconfigure(Box<Responsive>, Exempt, Box<UserGrants>),
     Forgive(IpAddr),
     Stop,
 }
@@ -72,9 +76,33 @@ impl Watch {
         let cfg = policy.responsive.clone();
         let group = cfg.nflog_group;
         let nflog = Nflog::open(group, TICK)?;
+        let queue = if cfg.inline.enabled {
+            let inline = &cfg.inline;
+            match NfQueue::open(inline.queue, inline.bypass, TICK) {
+                Ok(q) => {
+                    info!(
+                        queue = inline.queue,
+                        bypass = inline.bypass,
+                        "inline mode: reading the queue"
+                    );
+                    Some(q)
+                }
+                Err(e) if inline.bypass => {
+                    error!(error = %e, "inline mode: cannot read the queue; SIP bypasses the agent (copied and judged, not held)");
+                    None
+                }
+                Err(e) => {
+                    error!(error = %e, "inline mode: cannot read the queue; it fails closed, SIP from unknown sources is dropped");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (control, control_rx) = channel();
         let (actions, actions_rx) = channel();
         let exempt = exempt_of(policy);
+        let grants = UserGrants::new(policy);
         // Ready before the first packet is read, so the first ban pays nothing extra.
         let mut shell = NftShell::new(nft);
         if let Err(e) = shell.warm_up() {
@@ -87,7 +115,8 @@ impl Watch {
             .name("watch-reader".into())
             .spawn(move || {
                 let mut reader = Reader::new(cfg, exempt, actions);
-                reader.run(nflog, control_rx);
+                reader.grants = grants;
+                reader.run(nflog, queue, control_rx);
             })?;
         info!(group, "SIP watch started");
         Ok(Watch {
@@ -107,6 +136,7 @@ impl Watch {
         let _ = self.control.send(Control::Reconfigure(
             Box::new(policy.responsive.clone()),
             exempt_of(policy),
+            Box::new(UserGrants::new(policy)),
         ));
     }
 
@@ -131,8 +161,14 @@ impl Drop for Watch {
 
 /// One action with the moment its proof arrived, for the latency metric.
 struct Timed {
-    action: Action,
+    work: Work,
     seen: Instant,
+}
+
+/// What the enforcer applies.
+enum Work {
+    Act(Action),
+    Grants(GrantChange),
 }
 
 /// The packet path: copy → IP/UDP/TCP → SIP → events → actions.
@@ -144,6 +180,9 @@ pub struct Reader {
     events: Vec<Event>,
     actions_buf: Vec<Action>,
     actions: Sender<Timed>,
+    /// Per-user rules, following registrations.
+    grants: UserGrants,
+    grant_buf: GrantChange,
     last_tick: Instant,
 }
 
@@ -158,28 +197,61 @@ impl Reader {
             limits: Limits::default(),
             events: Vec::new(),
             actions_buf: Vec::new(),
+            grants: UserGrants::default(),
+            grant_buf: GrantChange::default(),
             actions,
             last_tick: Instant::now(),
         }
     }
 
-    fn run(&mut self, mut nflog: Nflog, control: Receiver<Control>) {
+    fn run(&mut self, mut nflog: Nflog, mut queue: Option<NfQueue>, control: Receiver<Control>) {
         loop {
-            match nflog.read(|copied| {
-                let at = Instant::now();
-                self.packet(at, copied.prefix, copied.payload);
-            }) {
-                Ok(Read::Packets(n)) => {
-                    metrics::counter!("palisade_watch_packets_total").increment(n as u64)
+            let (copies, held) = match &queue {
+                None => (true, false),
+                Some(q) => ready(&nflog, q),
+            };
+            if copies {
+                match nflog.read(|copied| {
+                    let at = Instant::now();
+                    self.packet(at, copied.prefix, copied.payload);
+                }) {
+                    Ok(Read::Packets(n)) => {
+                        metrics::counter!("palisade_watch_packets_total").increment(n as u64)
+                    }
+                    Ok(Read::Idle) => {}
+                    Ok(Read::Overrun) => {
+                        metrics::counter!("palisade_watch_overruns_total").increment(1);
+                        debug!("NFLOG overrun: the kernel dropped copies");
+                    }
+                    Err(e) => {
+                        error!(error = %e, "NFLOG read failed; the watch stops (rules and bans stay)");
+                        return;
+                    }
                 }
-                Ok(Read::Idle) => {}
-                Ok(Read::Overrun) => {
-                    metrics::counter!("palisade_watch_overruns_total").increment(1);
-                    debug!("NFLOG overrun: the kernel dropped copies");
-                }
-                Err(e) => {
-                    error!(error = %e, "NFLOG read failed; the watch stops (rules and bans stay)");
-                    return;
+            }
+            if held {
+                let q = queue.as_mut().expect("held implies a queue");
+                match q.read(|payload| self.inline_packet(Instant::now(), payload)) {
+                    Ok(Some(b)) => {
+                        metrics::counter!("palisade_inline_packets_total")
+                            .increment(b.packets as u64);
+                        metrics::counter!("palisade_inline_dropped_total")
+                            .increment(b.dropped as u64);
+                        if b.stale > 0 {
+                            metrics::counter!("palisade_inline_stale_verdicts_total")
+                                .increment(b.stale as u64);
+                            debug!(
+                                stale = b.stale,
+                                "verdicts for packets the kernel no longer held"
+                            );
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // The rule's bypass (or fail-closed) takes over.
+                        error!(error = %e, "NFQUEUE read failed; inline mode stops");
+                        queue = None;
+                    }
                 }
             }
             if self.last_tick.elapsed() >= TICK {
@@ -187,7 +259,9 @@ impl Reader {
                 metrics::gauge!("palisade_watch_sources").set(self.judge.sources() as f64);
                 loop {
                     match control.try_recv() {
-                        Ok(Control::Reconfigure(cfg, exempt)) => {
+                        Ok(Control::Reconfigure(cfg, exempt, grants)) => {
+                            let bound = std::mem::take(&mut self.grants);
+                            self.grants = grants.carry_over(bound);
                             self.judge.reconfigure(*cfg);
                             self.judge.set_exempt(exempt);
                         }
@@ -197,6 +271,30 @@ impl Reader {
                     }
                 }
             }
+        }
+    }
+
+    /// Judges one packet held in the queue (inline mode) and says its fate:
+    /// dropped when it, or an earlier packet, proved its source an attacker.
+    /// Packets the agent cannot decode are not its business: accepted.
+    pub fn inline_packet(&mut self, at: Instant, payload: &[u8]) -> nfqueue::Verdict {
+        let Ok(p) = decode(payload) else {
+            metrics::counter!("palisade_watch_undecodable_total").increment(1);
+            return nfqueue::Verdict::Accept;
+        };
+        let src = p.src.ip();
+        self.take(at, Direction::In, p);
+        self.judge_pending();
+        let banned = self
+            .actions_buf
+            .iter()
+            .any(|a| matches!(a, Action::Ban(v) if v.addr == src))
+            || self.judge.is_banned(src, at);
+        self.flush(at);
+        if banned {
+            nfqueue::Verdict::Drop
+        } else {
+            nfqueue::Verdict::Accept
         }
     }
 
@@ -219,6 +317,13 @@ impl Reader {
             metrics::counter!("palisade_watch_undecodable_total").increment(1);
             return;
         };
+        self.take(at, dir, p);
+        self.judge_pending();
+        self.flush(at);
+    }
+
+    /// Parses and tracks one decoded packet; its events wait in `events`.
+    fn take(&mut self, at: Instant, dir: Direction, p: Packet<'_>) {
         let peer = match dir {
             Direction::In => p.src.ip(),
             Direction::Out => p.dst.ip(),
@@ -262,7 +367,6 @@ impl Reader {
                 }
             }
         }
-        self.judge_events(at);
     }
 
     fn datagram(&mut self, at: Instant, dir: Direction, peer: IpAddr, payload: &[u8]) {
@@ -284,16 +388,23 @@ impl Reader {
         );
     }
 
-    fn judge_events(&mut self, at: Instant) {
+    fn judge_pending(&mut self) {
         for ev in self.events.drain(..) {
+            if self.grants.has_rules() {
+                self.grants.observe(&ev, &mut self.grant_buf);
+            }
             self.judge.observe(ev, &mut self.actions_buf);
         }
-        self.flush(at);
     }
 
     fn flush(&mut self, seen: Instant) {
+        if !self.grant_buf.is_empty() {
+            let work = Work::Grants(std::mem::take(&mut self.grant_buf));
+            let _ = self.actions.send(Timed { work, seen });
+        }
         for action in self.actions_buf.drain(..) {
-            let _ = self.actions.send(Timed { action, seen });
+            let work = Work::Act(action);
+            let _ = self.actions.send(Timed { work, seen });
         }
     }
 
@@ -303,13 +414,32 @@ impl Reader {
         let (out_tx, out_rx) = channel();
         std::thread::spawn(move || {
             for t in rx {
-                if out_tx.send(t.action).is_err() {
+                let Work::Act(action) = t.work else { continue };
+                if out_tx.send(action).is_err() {
                     return;
                 }
             }
         });
         (Reader::new(cfg, Exempt::default(), tx), out_rx)
     }
+}
+
+/// Which of the two sockets has something, waiting up to [`TICK`].
+fn ready(nflog: &Nflog, queue: &NfQueue) -> (bool, bool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [
+        PollFd::new(nflog.fd(), PollFlags::POLLIN),
+        PollFd::new(queue.fd(), PollFlags::POLLIN),
+    ];
+    let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX);
+    if poll(&mut fds, timeout).is_err() {
+        return (false, false);
+    }
+    let has = |f: &PollFd<'_>| {
+        f.revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLERR))
+    };
+    (has(&fds[0]), has(&fds[1]))
 }
 
 /// Parses one message (a datagram, or one framed out of a stream) and hands it
@@ -369,10 +499,22 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
         }
         // Last word per (set, address) wins.
         let mut renew: BTreeMap<(DynSet, IpAddr), Option<TimedAddr>> = BTreeMap::new();
+        let mut grants: BTreeMap<(IpAddr, Proto, u16), (bool, Grant)> = BTreeMap::new();
         let mut oldest = Instant::now();
         for t in &batch {
             oldest = oldest.min(t.seen);
-            match &t.action {
+            let action = match &t.work {
+                Work::Act(a) => a,
+                Work::Grants(change) => {
+                    for (open, list) in [(true, &change.open), (false, &change.close)] {
+                        for g in list {
+                            grants.insert((g.addr, g.proto, g.port), (open, g.clone()));
+                        }
+                    }
+                    continue;
+                }
+            };
+            match action {
                 Action::Ban(v) => {
                     log_verdict(v);
                     metrics::counter!("palisade_bans_total", "reason" => v.reason.as_str())
@@ -415,6 +557,15 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
                     metrics::counter!("palisade_auth_failures_noticed_total").increment(1);
                     warn!(%addr, user = %user, failures, "extension failing to authenticate");
                 }
+            }
+        }
+        if !grants.is_empty() {
+            let (open, close): (Vec<_>, Vec<_>) = grants.into_values().partition(|(o, _)| *o);
+            let open: Vec<Grant> = open.into_iter().map(|(_, g)| g).collect();
+            let close: Vec<Grant> = close.into_iter().map(|(_, g)| g).collect();
+            debug!(open = open.len(), close = close.len(), "per-user grants");
+            if let Err(e) = shell.apply(&grant_renew(&open, &close)) {
+                error!(error = %e, "cannot update the per-user grants");
             }
         }
         for set in [DynSet::Ban, DynSet::KnownGood] {

@@ -78,6 +78,10 @@ impl Nflog {
         Ok(nflog)
     }
 
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
     fn configure(
         &mut self,
         nlas: Vec<netlink_packet_netfilter::nflog::ConfigNla>,

@@ -72,6 +72,15 @@ impl Enumeration {
         self.sweep((cfg.distinct_unanswered_users * factor) as usize, now)
     }
 
+    /// A request with credentials for a call to `destination`: the challenge
+    /// to the call's first INVITE was recorded under the number dialled (that
+    /// INVITE had no credentials' user to go by), so the credentials answer
+    /// that name, not their own user's. Without this, a phone that is not
+    /// registered from its address would look like a sweep after ten calls.
+    pub fn answered(&mut self, destination: &str) {
+        self.challenged.remove(destination);
+    }
+
     fn sweep(&self, limit: usize, now: Instant) -> Option<Finding> {
         let unanswered = self.challenged.older_than(now, FOLLOW_UP);
         (unanswered >= limit).then(|| Finding {

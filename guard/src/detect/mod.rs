@@ -9,6 +9,7 @@ pub mod enumeration;
 pub mod flood;
 pub mod guessing;
 pub mod scanner;
+pub mod tollfraud;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -34,6 +35,9 @@ pub enum Reason {
     TierFlood,
     /// Too many messages that are not SIP.
     Garbage,
+    /// Calls to costly numbers without credentials or with refused ones, or a
+    /// sweep over many destinations.
+    TollFraud,
     /// Banned by an operator.
     Manual,
 }
@@ -50,11 +54,12 @@ impl Reason {
             Reason::Flood => "flood",
             Reason::TierFlood => "tier-flood",
             Reason::Garbage => "garbage",
+            Reason::TollFraud => "toll-fraud",
             Reason::Manual => "manual",
         }
     }
 
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Scanner,
         Reason::PasswordGuessing,
         Reason::SlowGuessing,
@@ -64,6 +69,7 @@ impl Reason {
         Reason::Flood,
         Reason::TierFlood,
         Reason::Garbage,
+        Reason::TollFraud,
         Reason::Manual,
     ];
 
