@@ -70,6 +70,21 @@ enum Command {
         #[command(subcommand)]
         op: SetOp,
     },
+    /// Ban an address now, by hand: into the kernel at once, kept across
+    /// restarts, known to the detectors. Management and allow-listed
+    /// addresses are refused.
+    Ban {
+        addr: IpAddr,
+        /// How long (e.g. 1h, 7d).
+        #[arg(long = "for", value_parser = humantime::parse_duration, default_value = "1d")]
+        duration: Duration,
+        /// Why, for `show`, `explain` and the audit trail.
+        #[arg(long, default_value = "banned by hand")]
+        reason: String,
+    },
+    /// Lift a ban (the agent's or the kernel tier's), and make the detectors
+    /// forget what they held against the address.
+    Unban { addr: IpAddr },
     /// Open or close one service port for one address (per-user grant).
     Grant {
         #[command(subcommand)]
@@ -343,6 +358,61 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
             let via = iface.map(|i| format!(" via {i}")).unwrap_or_default();
             println!("{addr}{target}{via}: {verdict}");
         }
+        Command::Ban {
+            addr,
+            duration,
+            reason,
+        } => {
+            let agent = agent(&settings)?;
+            if let Some(policy) = policy_in_force(&agent) {
+                let why = if policy.management.iter().any(|m| m.value.contains(addr)) {
+                    Some("a management address")
+                } else if policy.responsive.allows(*addr) {
+                    Some("on the allow-list ([responsive] allow)")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    bail!("refusing to ban {addr}: it is {why}");
+                }
+            }
+            let now = crate::state::now_unix();
+            let comment = palisade_model::dynamic::clip_comment(&format!("manual: {reason}"));
+            agent.add_elements(
+                DynSet::Ban,
+                &[TimedAddr {
+                    addr: *addr,
+                    ttl: Some(*duration),
+                    expires: None,
+                    comment: Some(comment.clone()),
+                }],
+            )?;
+            crate::bans::BanBook::new(agent.state.path()).append(&[crate::bans::Entry::Ban(
+                crate::bans::BanRecord {
+                    addr: *addr,
+                    at: now,
+                    until: now + duration.as_secs(),
+                    reason: crate::bans::MANUAL.into(),
+                    comment,
+                    offence: 0,
+                },
+            )])?;
+            println!(
+                "{addr} banned for {} ({reason})",
+                humantime::format_duration(*duration)
+            );
+        }
+        Command::Unban { addr } => {
+            let agent = agent(&settings)?;
+            for set in [DynSet::Ban, DynSet::SharedBan] {
+                agent.remove_elements(set, std::slice::from_ref(addr))?;
+            }
+            crate::bans::BanBook::new(agent.state.path()).append(&[crate::bans::Entry::Lift {
+                addr: *addr,
+                at: crate::state::now_unix(),
+            }])?;
+            println!("{addr} unbanned");
+        }
         Command::Set { op } => {
             let agent = agent(&settings)?;
             match op {
@@ -493,6 +563,26 @@ fn rediscover(
     }
 }
 
+/// The ban book is compacted when it grows past this (about 20,000 lines).
+const BAN_BOOK_COMPACT_AT: u64 = 4 << 20;
+
+/// Compacts the ban book and returns the bans still running (the enforce
+/// that just ran put them back in the kernel if a reboot had emptied it).
+fn restore_bans(agent: &Agent) -> Vec<crate::bans::BanRecord> {
+    match crate::bans::BanBook::new(agent.state.path()).compact(crate::state::now_unix()) {
+        Ok(live) => {
+            if !live.is_empty() {
+                info!(bans = live.len(), "bans in force from the ban book");
+            }
+            live
+        }
+        Err(e) => {
+            error!(error = %e, "cannot read the ban book");
+            Vec::new()
+        }
+    }
+}
+
 /// The policy in force (last good, with discovered facts), as the watch needs it.
 fn policy_in_force(agent: &Agent) -> Option<palisade_model::Policy> {
     let (text, source) = agent.current_text().ok().flatten()?;
@@ -516,7 +606,8 @@ fn follow_watch(agent: &Agent, watch: &mut Option<crate::watch::Watch>) {
         _ => {
             // Dropping the old watch first frees its NFLOG group.
             *watch = None;
-            match crate::watch::Watch::start(agent.nft.clone(), &policy) {
+            let book = crate::bans::BanBook::new(agent.state.path());
+            match crate::watch::Watch::start(agent.nft.clone(), &policy, book) {
                 Ok(w) => *watch = Some(w),
                 Err(e) => {
                     error!(error = %e, "cannot start the SIP watch; the kernel's rate tiers still apply")
@@ -551,9 +642,18 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Err(e) => error!(error = %e, "cannot restore the last good policy"),
     }
     apply_config(cli, &agent);
+    let restored = restore_bans(&agent);
     // The watch first: discovery below may take a while, attackers do not wait.
     let mut watch = None;
     follow_watch(&agent, &mut watch);
+    if let Some(w) = &watch {
+        let now = crate::state::now_unix();
+        for b in &restored {
+            w.note_ban(b.addr, Duration::from_secs(b.until.saturating_sub(now)));
+        }
+    }
+    let book = crate::bans::BanBook::new(agent.state.path());
+    let mut book_offset = book.read_from(0).map(|(_, o)| o).unwrap_or(0);
     let mut watcher = match crate::follow::ConfigWatcher::new() {
         Ok(w) => Some(w),
         Err(e) => {
@@ -617,9 +717,35 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 if let Err(e) = agent.rollback_due() {
                     error!(error = %e, "rollback failed");
                 }
+                // An operator's `ban`/`unban` from another process.
+                match book.read_from(book_offset) {
+                    Ok((entries, offset)) => {
+                        book_offset = offset;
+                        if let Some(w) = &watch {
+                            for e in entries {
+                                match e {
+                                    crate::bans::Entry::Lift { addr, .. } => w.forgive(addr),
+                                    crate::bans::Entry::Ban(b) if b.reason == crate::bans::MANUAL => {
+                                        let left = b.until.saturating_sub(crate::state::now_unix());
+                                        w.note_ban(b.addr, Duration::from_secs(left));
+                                    }
+                                    crate::bans::Entry::Ban(_) => {}
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "cannot read the ban book"),
+                }
                 since_check += tick.period();
                 if since_check >= settings.check_interval {
                     since_check = Duration::ZERO;
+                    // Expired bans and lifts leave the book now and then.
+                    if book.size() > BAN_BOOK_COMPACT_AT {
+                        match book.compact(crate::state::now_unix()) {
+                            Ok(_) => book_offset = book.size(),
+                            Err(e) => warn!(error = %e, "cannot compact the ban book"),
+                        }
+                    }
                     // Repairs drift (someone flushed our table) and refreshes gauges.
                     if let Err(e) = agent.restore() {
                         error!(error = %e, "periodic check failed");

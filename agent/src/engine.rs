@@ -13,6 +13,7 @@ use crate::state::{
 use palisade_model::{
     explain, ConfigError, DynSet, DynamicState, Grant, Policy, Query, TimedAddr, Verdict,
 };
+use std::net::IpAddr;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -121,6 +122,24 @@ impl Agent {
                     comment: Some("ssh session open at first start".into()),
                 },
             );
+        }
+        // Bans outlive a reboot: whatever the ban book holds goes back in
+        // (elements already in the kernel are left as they are).
+        match crate::bans::BanBook::new(self.state.path()).live(now) {
+            Ok(bans) => {
+                for b in bans {
+                    dynamic.insert(
+                        DynSet::Ban,
+                        TimedAddr {
+                            addr: b.addr,
+                            ttl: Some(Duration::from_secs(b.until - now)),
+                            expires: None,
+                            comment: Some(b.comment),
+                        },
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the ban book; only the kernel's bans stay"),
         }
         Ok(dynamic)
     }
@@ -382,6 +401,14 @@ impl Agent {
         self.apply_elements(&element_batch(set, elems, false), || {
             format!("cannot add to set {set}")
         })
+    }
+
+    /// Removes `addrs` from `set` whether or not they are in it.
+    pub fn remove_elements(&self, set: DynSet, addrs: &[IpAddr]) -> Result<(), AgentError> {
+        self.apply_elements(
+            &crate::ruleset::plan::element_renew(set, &[], addrs),
+            || format!("cannot remove from set {set}"),
+        )
     }
 
     pub fn delete_elements(&self, set: DynSet, elems: &[TimedAddr]) -> Result<(), AgentError> {

@@ -2,6 +2,7 @@
 //! `inet palisade`, renders its policy into it atomically, and keeps the operator
 //! from ever being locked out.
 
+pub mod bans;
 pub mod cli;
 pub mod discover;
 pub mod engine;

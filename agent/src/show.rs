@@ -40,6 +40,21 @@ pub fn report(
             "DRIFTED: the live rules differ from the policy"
         };
         let _ = writeln!(out, "policy {}: {state}", desired.fingerprint);
+        let r = &policy.responsive;
+        let _ = writeln!(
+            out,
+            "responsive firewall: {}",
+            if r.enabled {
+                format!(
+                    "on (tier {}/s burst {}); inline mode {}",
+                    r.tiers.rate,
+                    r.tiers.burst,
+                    r.inline.describe()
+                )
+            } else {
+                "off".into()
+            }
+        );
     }
     if let Some(p) = pending {
         let left = p.deadline.saturating_sub(now_unix());

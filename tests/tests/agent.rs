@@ -590,3 +590,92 @@ fn the_daemon_serves_prometheus_metrics() -> Result<()> {
     assert!(body.contains("palisade_nft_transaction_seconds"), "{body}");
     Ok(())
 }
+
+/// Whether `addr` is an element of `set` in the live table.
+fn in_set(agent: &AgentHost<'_>, set: &str, addr: &str) -> bool {
+    let Ok(Some(json)) = agent.table_json() else {
+        return false;
+    };
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    doc["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|item| {
+            item["set"]["name"] == set
+                && item["set"]["elem"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["elem"]["val"] == addr || *e == addr)
+        })
+}
+
+/// Manual bans go into the kernel at once, are refused for management and
+/// allow-listed addresses, survive a reboot (table gone, state kept) and a
+/// restart, and `unban` lifts them for good.
+#[test]
+fn manual_bans_survive_a_reboot_and_unban_lifts_them() -> Result<()> {
+    require_root_tools()?;
+    let lab = Lab::new("banbook", &[("internet", "z-inet")])?;
+    let agent = AgentHost::new(&lab.pbx)?;
+    std::fs::write(
+        agent.config_path(),
+        "management = [\"192.0.2.10\"]\n[responsive]\nallow = [\"198.51.100.0/24\"]\n[agent]\ncheck_interval = \"1s\"\n",
+    )?;
+    let mut daemon = agent.start_daemon()?;
+
+    let out = agent.ok(&["ban", "203.0.113.9", "--for", "1h", "--reason", "test"])?;
+    assert!(out.contains("banned"), "{out}");
+    assert!(
+        in_set(&agent, "ban_v4", "203.0.113.9"),
+        "in the kernel at once"
+    );
+    agent.ok(&["ban", "2001:db8::66", "--for", "2h"])?;
+    assert!(in_set(&agent, "ban_v6", "2001:db8::66"));
+    let refused = agent.fails(&["ban", "192.0.2.10"])?;
+    assert!(refused.contains("management"), "{refused}");
+    let refused = agent.fails(&["ban", "198.51.100.7"])?;
+    assert!(refused.contains("allow-list"), "{refused}");
+    let explained = agent.ok(&["explain", "203.0.113.9", "5060/udp"])?;
+    assert!(explained.contains("manual: test"), "{explained}");
+
+    // A reboot: the daemon stops, the kernel forgets everything, the state stays.
+    daemon.kill()?;
+    lab.pbx
+        .run("nft", &["delete", "table", "inet", "palisade"])?;
+    let mut daemon = agent.start_daemon()?;
+    assert!(
+        wait_until(Duration::from_secs(5), || in_set(
+            &agent,
+            "ban_v4",
+            "203.0.113.9"
+        ) && in_set(
+            &agent,
+            "ban_v6",
+            "2001:db8::66"
+        )),
+        "bans restored after the reboot: {}",
+        agent.daemon_log()
+    );
+
+    agent.ok(&["unban", "203.0.113.9"])?;
+    assert!(!in_set(&agent, "ban_v4", "203.0.113.9"));
+    // Unbanning what is not banned is fine.
+    agent.ok(&["unban", "203.0.113.200"])?;
+    // The lift holds across the periodic check and a restart.
+    std::thread::sleep(Duration::from_millis(1500));
+    daemon.kill()?;
+    let mut daemon = agent.start_daemon()?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !in_set(&agent, "ban_v4", "203.0.113.9"),
+        "the lift is remembered"
+    );
+    assert!(
+        in_set(&agent, "ban_v6", "2001:db8::66"),
+        "the other ban stays"
+    );
+    daemon.kill()?;
+    Ok(())
+}

@@ -17,6 +17,7 @@ pub mod nflog;
 pub mod nfqueue;
 pub mod packet;
 
+use crate::bans::{BanBook, BanRecord, Entry};
 use crate::ruleset::plan::{element_renew, grant_renew};
 use crate::ruleset::render::{LOG_IN, LOG_OUT, LOG_TIER_BAN};
 use crate::ruleset::{Nft, NftShell};
@@ -46,6 +47,8 @@ const TICK: Duration = Duration::from_millis(200);
 enum Control {
     Reconfigure(Box<Responsive>, Exempt, Box<UserGrants>),
     Forgive(IpAddr),
+    /// A ban decided elsewhere (restored from the ban book, or by hand).
+    NoteBan(IpAddr, Instant),
     Stop,
 }
 
@@ -71,8 +74,9 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Binds the NFLOG group and starts both threads.
-    pub fn start(nft: Nft, policy: &Policy) -> std::io::Result<Watch> {
+    /// Binds the NFLOG group and starts both threads. Bans are written to
+    /// `book` as they land.
+    pub fn start(nft: Nft, policy: &Policy, book: BanBook) -> std::io::Result<Watch> {
         let cfg = policy.responsive.clone();
         let group = cfg.nflog_group;
         let nflog = Nflog::open(group, TICK)?;
@@ -110,7 +114,7 @@ impl Watch {
         }
         let enforcer = std::thread::Builder::new()
             .name("watch-enforcer".into())
-            .spawn(move || enforce_loop(shell, actions_rx))?;
+            .spawn(move || enforce_loop(shell, actions_rx, book))?;
         let reader = std::thread::Builder::new()
             .name("watch-reader".into())
             .spawn(move || {
@@ -143,6 +147,14 @@ impl Watch {
     /// An operator lifted a ban: the detectors forget what they held against it.
     pub fn forgive(&self, addr: IpAddr) {
         let _ = self.control.send(Control::Forgive(addr));
+    }
+
+    /// A ban the judge did not decide (restored, or by hand): escalation and
+    /// inline mode know of it.
+    pub fn note_ban(&self, addr: IpAddr, remaining: Duration) {
+        let _ = self
+            .control
+            .send(Control::NoteBan(addr, Instant::now() + remaining));
     }
 }
 
@@ -266,6 +278,9 @@ impl Reader {
                             self.judge.set_exempt(exempt);
                         }
                         Ok(Control::Forgive(addr)) => self.judge.forgive(addr),
+                        Ok(Control::NoteBan(addr, until)) => {
+                            self.judge.note_ban(addr, until, Instant::now())
+                        }
                         Ok(Control::Stop) | Err(TryRecvError::Disconnected) => return,
                         Err(TryRecvError::Empty) => break,
                     }
@@ -491,7 +506,7 @@ fn log_verdict(v: &Verdict) {
 
 /// Applies actions as they come, in batches: everything that queued up while
 /// the previous transaction ran goes into the next one.
-fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
+fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>, book: BanBook) {
     while let Ok(first) = actions.recv() {
         let mut batch = vec![first];
         while let Ok(more) = actions.try_recv() {
@@ -499,6 +514,7 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
         }
         // Last word per (set, address) wins.
         let mut renew: BTreeMap<(DynSet, IpAddr), Option<TimedAddr>> = BTreeMap::new();
+        let mut booked = Vec::new();
         let mut grants: BTreeMap<(IpAddr, Proto, u16), (bool, Grant)> = BTreeMap::new();
         let mut oldest = Instant::now();
         for t in &batch {
@@ -517,6 +533,15 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
             match action {
                 Action::Ban(v) => {
                     log_verdict(v);
+                    let now = crate::state::now_unix();
+                    booked.push(Entry::Ban(BanRecord {
+                        addr: v.addr,
+                        at: now,
+                        until: now + v.duration.as_secs(),
+                        reason: v.reason.as_str().to_string(),
+                        comment: clip_comment(&v.comment()),
+                        offence: v.offence,
+                    }));
                     metrics::counter!("palisade_bans_total", "reason" => v.reason.as_str())
                         .increment(1);
                     renew.insert(
@@ -592,6 +617,10 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>) {
                 }
                 Err(e) => error!(%set, error = %e, "cannot update the kernel set"),
             }
+        }
+        // After the kernel: the ban is in force first, then remembered.
+        if let Err(e) = book.append(&booked) {
+            error!(error = %e, "cannot record bans; they hold until the next reboot only");
         }
     }
 }
