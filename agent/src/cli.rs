@@ -591,7 +591,11 @@ fn policy_in_force(agent: &Agent) -> Option<palisade_model::Policy> {
 }
 
 /// Starts, retunes or stops the SIP watch to match the policy in force.
-fn follow_watch(agent: &Agent, watch: &mut Option<crate::watch::Watch>) {
+fn follow_watch(
+    agent: &Agent,
+    watch: &mut Option<crate::watch::Watch>,
+    logs: &palisade_model::pbxlog::PbxLogs,
+) {
     let Some(policy) = policy_in_force(agent) else {
         return;
     };
@@ -607,7 +611,7 @@ fn follow_watch(agent: &Agent, watch: &mut Option<crate::watch::Watch>) {
             // Dropping the old watch first frees its NFLOG group.
             *watch = None;
             let book = crate::bans::BanBook::new(agent.state.path());
-            match crate::watch::Watch::start(agent.nft.clone(), &policy, book) {
+            match crate::watch::Watch::start(agent.nft.clone(), &policy, book, logs) {
                 Ok(w) => *watch = Some(w),
                 Err(e) => {
                     error!(error = %e, "cannot start the SIP watch; the kernel's rate tiers still apply")
@@ -645,7 +649,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     let restored = restore_bans(&agent);
     // The watch first: discovery below may take a while, attackers do not wait.
     let mut watch = None;
-    follow_watch(&agent, &mut watch);
+    follow_watch(&agent, &mut watch, &settings.pbx_logs);
     if let Some(w) = &watch {
         let now = crate::state::now_unix();
         for b in &restored {
@@ -669,7 +673,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         }
     };
     rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
-    follow_watch(&agent, &mut watch);
+    follow_watch(&agent, &mut watch, &settings.pbx_logs);
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -688,7 +692,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                 info!("SIGHUP: reloading the config");
                 apply_config(cli, &agent);
                 rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
-                follow_watch(&agent, &mut watch);
+                follow_watch(&agent, &mut watch, &settings.pbx_logs);
             }
             changed = async {
                 match watcher.as_mut() {
@@ -698,7 +702,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             } => {
                 info!(files = changed.len(), "PBX configuration changed on disk");
                 rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
-                follow_watch(&agent, &mut watch);
+                follow_watch(&agent, &mut watch, &settings.pbx_logs);
             }
             _ = async {
                 match names.as_ref().and_then(|n| n.next_due(std::time::Instant::now())) {

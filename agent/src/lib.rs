@@ -9,6 +9,7 @@ pub mod engine;
 pub mod follow;
 pub mod lockout;
 pub mod names;
+pub mod pbxlog;
 pub mod resolve;
 pub mod ruleset;
 pub mod settings;

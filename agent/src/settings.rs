@@ -21,6 +21,8 @@ pub struct AgentSettings {
     pub discovery: crate::discover::DiscoveryPaths,
     /// How host names are resolved (`[agent.resolver]`).
     pub resolver: crate::resolve::ResolverConfig,
+    /// Which PBX security logs feed the detectors (`[agent.pbx_logs]`).
+    pub pbx_logs: palisade_model::pbxlog::PbxLogs,
 }
 
 impl Default for AgentSettings {
@@ -31,6 +33,7 @@ impl Default for AgentSettings {
             check_interval: std::time::Duration::from_secs(30),
             discovery: Default::default(),
             resolver: Default::default(),
+            pbx_logs: Default::default(),
         }
     }
 }
@@ -54,6 +57,9 @@ pub fn parse_settings(text: &str, file: &str) -> anyhow::Result<AgentSettings> {
         .resolver
         .validate()
         .map_err(|e| anyhow::anyhow!("{file}: [agent.resolver]: {e}"))?;
+    // A bad pattern is refused now, naming it, rather than when the watch starts.
+    crate::pbxlog::sources(&settings.pbx_logs)
+        .map_err(|e| anyhow::anyhow!("{file}: [agent.pbx_logs]: {e}"))?;
     Ok(settings)
 }
 

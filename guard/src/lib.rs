@@ -3,6 +3,7 @@
 pub mod detect;
 pub mod event;
 pub mod judge;
+pub mod pbxlog;
 pub mod sip;
 pub mod track;
 

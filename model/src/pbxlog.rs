@@ -199,7 +199,10 @@ mod tests {
             logs.asterisk.security,
             vec![PathBuf::from(ASTERISK_SECURITY_LOG)]
         );
-        assert_eq!(logs.asterisk.notices, vec![PathBuf::from(ASTERISK_FULL_LOG)]);
+        assert_eq!(
+            logs.asterisk.notices,
+            vec![PathBuf::from(ASTERISK_FULL_LOG)]
+        );
         assert_eq!(logs.freeswitch, vec![PathBuf::from(FREESWITCH_LOG)]);
         assert!(logs.kamailio.is_empty());
     }
@@ -250,13 +253,19 @@ mod tests {
         let with = logs.asterisk_files(|p| p == Path::new(ASTERISK_SECURITY_LOG));
         assert_eq!(
             with,
-            vec![(PathBuf::from(ASTERISK_SECURITY_LOG), AsteriskLines::Security)]
+            vec![(
+                PathBuf::from(ASTERISK_SECURITY_LOG),
+                AsteriskLines::Security
+            )]
         );
         let without = logs.asterisk_files(|_| false);
         assert_eq!(
             without,
             vec![
-                (PathBuf::from(ASTERISK_SECURITY_LOG), AsteriskLines::Security),
+                (
+                    PathBuf::from(ASTERISK_SECURITY_LOG),
+                    AsteriskLines::Security
+                ),
                 (PathBuf::from(ASTERISK_FULL_LOG), AsteriskLines::Notices),
             ]
         );

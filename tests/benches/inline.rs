@@ -95,8 +95,13 @@ fn blast(sources: &[Ipv4Addr], target: SocketAddr, pbx: &palisade_tests::Netns) 
     // Let the agent finish what is queued.
     std::thread::sleep(Duration::from_millis(200));
     let after = pbx.enter(|| queue_counters(5060))?;
-    let judged = (after.0 - before.0).saturating_sub(after.1 - before.1);
-    Ok(judged as f64 / BLAST.as_secs_f64())
+    let queued = after.0 - before.0;
+    let dropped = after.1 - before.1;
+    eprintln!(
+        "blast: {i} sent, {queued} queued, {dropped} dropped by the queue ({:.0} sent/s)",
+        i as f64 / BLAST.as_secs_f64()
+    );
+    Ok(queued.saturating_sub(dropped) as f64 / BLAST.as_secs_f64())
 }
 
 /// Pins the calling thread (and what it spawns) to `cpu`.

@@ -366,12 +366,16 @@ fn port_rules(
 }
 
 /// `log group N prefix P`: the whole packet, at once (no batching), to the agent.
+/// `queue-threshold 1` is what makes it "at once": without it the kernel's
+/// NFLOG instance holds copies until 100 are queued, its buffer (one page)
+/// fills or its 1 s timer runs out, so a slow attack (a few INVITEs a second)
+/// was judged only after several of its requests had been answered.
 fn nflog(group: u16, prefix: &str) -> Statement<'static> {
     Statement::Log(Some(Log {
         prefix: Some(Cow::Owned(prefix.to_string())),
         group: Some(group.into()),
         snaplen: Some(65_535),
-        queue_threshold: None,
+        queue_threshold: Some(1),
         level: None,
         flags: None,
     }))

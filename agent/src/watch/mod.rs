@@ -31,7 +31,9 @@ use palisade_model::dynamic::clip_comment;
 use palisade_model::{DynSet, Grant, Policy, Proto, Responsive, TimedAddr, Zone};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -70,13 +72,21 @@ pub struct Watch {
     control: Sender<Control>,
     reader: Option<JoinHandle<()>>,
     enforcer: Option<JoinHandle<()>>,
+    /// The PBX log follower, when there are logs to follow.
+    logs: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
     group: u16,
 }
 
 impl Watch {
-    /// Binds the NFLOG group and starts both threads. Bans are written to
-    /// `book` as they land.
-    pub fn start(nft: Nft, policy: &Policy, book: BanBook) -> std::io::Result<Watch> {
+    /// Binds the NFLOG group and starts the threads. Bans are written to
+    /// `book` as they land; what the PBX logs in `logs` is judged too.
+    pub fn start(
+        nft: Nft,
+        policy: &Policy,
+        book: BanBook,
+        logs: &palisade_model::pbxlog::PbxLogs,
+    ) -> std::io::Result<Watch> {
         let cfg = policy.responsive.clone();
         let group = cfg.nflog_group;
         let nflog = Nflog::open(group, TICK)?;
@@ -112,6 +122,23 @@ impl Watch {
         if let Err(e) = shell.warm_up() {
             warn!(error = %e, "the nft shell did not start; will retry at the first verdict");
         }
+        let (log_tx, log_rx) = channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let logs = match crate::pbxlog::sources(logs) {
+            Ok(sources) if !sources.is_empty() => {
+                let stop = Arc::clone(&stop);
+                Some(
+                    std::thread::Builder::new()
+                        .name("pbx-logs".into())
+                        .spawn(move || follow_logs(sources, log_tx, stop))?,
+                )
+            }
+            Ok(_) => None,
+            Err(e) => {
+                error!(error = %e, "PBX logs are not read");
+                None
+            }
+        };
         let enforcer = std::thread::Builder::new()
             .name("watch-enforcer".into())
             .spawn(move || enforce_loop(shell, actions_rx, book))?;
@@ -120,6 +147,7 @@ impl Watch {
             .spawn(move || {
                 let mut reader = Reader::new(cfg, exempt, actions);
                 reader.grants = grants;
+                reader.logged = Some(log_rx);
                 reader.run(nflog, queue, control_rx);
             })?;
         info!(group, "SIP watch started");
@@ -127,6 +155,8 @@ impl Watch {
             control,
             reader: Some(reader),
             enforcer: Some(enforcer),
+            logs,
+            stop,
             group,
         })
     }
@@ -160,6 +190,10 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(l) = self.logs.take() {
+            let _ = l.join();
+        }
         let _ = self.control.send(Control::Stop);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
@@ -194,6 +228,11 @@ pub struct Reader {
     actions: Sender<Timed>,
     /// Per-user rules, following registrations.
     grants: UserGrants,
+    /// Facts from the PBX's logs, one line's events per message.
+    logged: Option<Receiver<Vec<Event>>>,
+    /// What the packet path learnt lately, per (source, event, user): a log
+    /// line about the same thing is not counted twice.
+    wire_seen: lru::LruCache<(IpAddr, &'static str, Box<str>), Instant>,
     grant_buf: GrantChange,
     last_tick: Instant,
 }
@@ -210,6 +249,10 @@ impl Reader {
             events: Vec::new(),
             actions_buf: Vec::new(),
             grants: UserGrants::default(),
+            logged: None,
+            wire_seen: lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_TRANSACTIONS).expect("non-zero"),
+            ),
             grant_buf: GrantChange::default(),
             actions,
             last_tick: Instant::now(),
@@ -217,9 +260,14 @@ impl Reader {
     }
 
     fn run(&mut self, mut nflog: Nflog, mut queue: Option<NfQueue>, control: Receiver<Control>) {
+        // While the queue keeps delivering, it is read again without a poll
+        // (a syscall per batch saved); the copies are looked at every few
+        // batches all the same.
+        let mut busy: u32 = 0;
         loop {
             let (copies, held) = match &queue {
                 None => (true, false),
+                Some(_) if !busy.is_multiple_of(8) => (false, true),
                 Some(q) => ready(&nflog, q),
             };
             if copies {
@@ -243,8 +291,10 @@ impl Reader {
             }
             if held {
                 let q = queue.as_mut().expect("held implies a queue");
-                match q.read(|payload| self.inline_packet(Instant::now(), payload)) {
+                let wait = busy == 0;
+                match q.read(wait, |payload| self.inline_packet(Instant::now(), payload)) {
                     Ok(Some(b)) => {
+                        busy = busy.wrapping_add(1);
                         metrics::counter!("palisade_inline_packets_total")
                             .increment(b.packets as u64);
                         metrics::counter!("palisade_inline_dropped_total")
@@ -258,7 +308,7 @@ impl Reader {
                             );
                         }
                     }
-                    Ok(None) => {}
+                    Ok(None) => busy = 0,
                     Err(e) => {
                         // The rule's bypass (or fail-closed) takes over.
                         error!(error = %e, "NFQUEUE read failed; inline mode stops");
@@ -266,6 +316,7 @@ impl Reader {
                     }
                 }
             }
+            self.take_logged();
             if self.last_tick.elapsed() >= TICK {
                 self.last_tick = Instant::now();
                 metrics::gauge!("palisade_watch_sources").set(self.judge.sources() as f64);
@@ -403,8 +454,45 @@ impl Reader {
         );
     }
 
+    /// Judges what the PBX logged since the last look, except what the packet
+    /// path already reported (the same failure seen twice is one failure).
+    fn take_logged(&mut self) {
+        let Some(rx) = &self.logged else { return };
+        let mut fresh = Vec::new();
+        while let Ok(events) = rx.try_recv() {
+            fresh.push(events);
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for events in fresh {
+            let seen_on_wire = events.last().and_then(dedupe_key).is_some_and(|k| {
+                self.wire_seen
+                    .peek(&k)
+                    .is_some_and(|t| now.saturating_duration_since(*t) < LOG_DEDUPE)
+            });
+            if seen_on_wire {
+                metrics::counter!("palisade_pbxlog_duplicates_total").increment(1);
+                continue;
+            }
+            for ev in events {
+                if self.grants.has_rules() {
+                    self.grants.observe(&ev, &mut self.grant_buf);
+                }
+                self.judge.observe(ev, &mut self.actions_buf);
+            }
+        }
+        self.flush(now);
+    }
+
     fn judge_pending(&mut self) {
         for ev in self.events.drain(..) {
+            if self.logged.is_some() {
+                if let Some(k) = dedupe_key(&ev) {
+                    self.wire_seen.put(k, ev.at);
+                }
+            }
             if self.grants.has_rules() {
                 self.grants.observe(&ev, &mut self.grant_buf);
             }
@@ -436,6 +524,61 @@ impl Reader {
             }
         });
         (Reader::new(cfg, Exempt::default(), tx), out_rx)
+    }
+}
+
+/// How long a fact seen on the wire makes the same fact from a log a duplicate
+/// (logs are read every 200 ms and written after the PBX answered).
+const LOG_DEDUPE: Duration = Duration::from_secs(5);
+
+/// What makes a log fact the same as a packet-path one: source, outcome, user.
+fn dedupe_key(ev: &Event) -> Option<(IpAddr, &'static str, Box<str>)> {
+    let user = match &ev.kind {
+        palisade_guard::Kind::AuthFailed { user, .. }
+        | palisade_guard::Kind::Challenged { user }
+        | palisade_guard::Kind::UnknownUser { user, .. }
+        | palisade_guard::Kind::Registered { user, .. }
+        | palisade_guard::Kind::Unregistered { user, .. } => user.clone(),
+        _ => return None,
+    };
+    Some((ev.source, ev.kind.name(), user))
+}
+
+/// Follows the PBX's logs until `stop`: each line's facts go to the reader as
+/// one message. Lines about SIP over UDP/TCP, which the packet path reads
+/// itself, are left out where the log says the transport (Asterisk's security
+/// log); the reader drops the other duplicates.
+fn follow_logs(
+    mut sources: Vec<crate::pbxlog::LogSource>,
+    tx: Sender<Vec<Event>>,
+    stop: Arc<AtomicBool>,
+) {
+    info!(files = sources.len(), "following PBX logs");
+    let mut facts = Vec::new();
+    let mut failing: std::collections::HashSet<std::path::PathBuf> = Default::default();
+    while !stop.load(Ordering::Relaxed) {
+        for source in &mut sources {
+            match source.poll(&mut facts) {
+                Ok(_) => {
+                    failing.remove(source.path());
+                }
+                Err(e) => {
+                    if failing.insert(source.path().to_path_buf()) {
+                        warn!(file = %source.path().display(), error = %e, "cannot read PBX log");
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        for fact in facts.drain(..) {
+            if fact.seen_by_packet_path() == Some(true) {
+                continue;
+            }
+            if tx.send(fact.events(now)).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(crate::pbxlog::POLL_INTERVAL);
     }
 }
 

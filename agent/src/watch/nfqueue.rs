@@ -167,9 +167,14 @@ impl NfQueue {
 
     /// Reads what the kernel has queued, asks `judge` about each packet (its
     /// payload from the network header on) and sends the verdicts. `Ok(None)`:
-    /// nothing arrived within the timeout.
-    pub fn read(&mut self, mut judge: impl FnMut(&[u8]) -> Verdict) -> io::Result<Option<Batch>> {
-        let n = match self.sock.recv(&mut &mut self.buf[..], 0) {
+    /// nothing arrived within the timeout, or at once when `wait` is false.
+    pub fn read(
+        &mut self,
+        wait: bool,
+        mut judge: impl FnMut(&[u8]) -> Verdict,
+    ) -> io::Result<Option<Batch>> {
+        let flags = if wait { 0 } else { nix::libc::MSG_DONTWAIT };
+        let n = match self.sock.recv(&mut &mut self.buf[..], flags) {
             Ok(n) => n,
             Err(e)
                 if matches!(

@@ -275,10 +275,7 @@ impl LogFact {
                     credentials: self.kind.credentials(),
                     destination: None,
                 },
-                summary: format!(
-                    "{method} {} (PBX log)",
-                    user.as_deref().unwrap_or("-")
-                ),
+                summary: format!("{method} {} (PBX log)", user.as_deref().unwrap_or("-")),
             });
         }
         if let Some(kind) = self.kind.outcome() {
@@ -316,7 +313,10 @@ pub enum LineError {
     #[error("{field} \"{text}\" is not a number in range")]
     BadNumber { field: &'static str, text: Box<str> },
     #[error("unknown reason \"{reason}\" in a {what} line")]
-    UnknownReason { what: &'static str, reason: Box<str> },
+    UnknownReason {
+        what: &'static str,
+        reason: Box<str>,
+    },
 }
 
 /// Which parser a log file gets.
