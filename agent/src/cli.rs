@@ -601,7 +601,7 @@ fn follow_watch(
     };
     let r = &policy.responsive;
     match watch {
-        Some(w) if r.enabled && w.group() == r.nflog_group => w.reconfigure(&policy),
+        Some(w) if r.enabled && w.fits(r) => w.reconfigure(&policy),
         _ if !r.enabled => {
             if watch.take().is_some() {
                 info!("responsive firewall off: SIP watch stopped");
@@ -623,6 +623,12 @@ fn follow_watch(
 
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     let _telemetry = crate::telemetry::init("palisade-agent", "info");
+    // First of all: a SIGHUP (logrotate, a reload) during the first apply or
+    // discovery must wait for the loop, not end the process by default.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let mut settings = settings(cli)?;
     if let Command::Run {
         metrics_listen: Some(m),
@@ -675,10 +681,6 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
     rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
     follow_watch(&agent, &mut watch, &settings.pbx_logs);
 
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(
         settings
             .check_interval

@@ -27,6 +27,9 @@ impl ConfigWatcher {
         let (tx, events) = mpsc::unbounded_channel();
         let watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+                // Reading a file is an event too (open, close-after-read):
+                // rediscovery itself would trigger the next one, forever.
+                Ok(event) if matches!(event.kind, notify::EventKind::Access(_)) => {}
                 Ok(event) => {
                     for path in event.paths {
                         let _ = tx.send(path);

@@ -63,13 +63,14 @@ pub use listener::{Listener, Proto};
 pub use netns::{cleanup_stale_namespaces, netns_names, ChildGuard, Netns};
 pub use probe::{probe, probe_all, ProbeSpec, UdpFlow, PROBE_PARALLELISM};
 pub use sip::{
-    ban_of, exclusive, flood_scenario, guess_flood_scenario, known_good_of, options_ping, password,
-    phone_ua_crack_scenario, require_sip_tools, scan_scenario, set_elements, standard_lab, svcrack,
-    svcrack_scenario, svmap, svwar, uri_host, wrong_password_phone_scenario, wrong_passwords,
-    AgentMode, Attempt, CrackOutcome, CrackReport, Exclusive, Family, FloodOutcome, MapReport,
-    Meter, MeterReading, PhoneOutcome, PhonePlan, Registrar, Rig, ScanOutcome, SetElement,
-    SetEvent, SetWatch, SipRequest, SipTransport, Sipp, SippScenario, SippStats, ToolRun,
-    WarReport, ATTACKER, METER_TABLE, PHONE, PHONE_UA, REALM, SCANNER_UA, SIP_PORT, USERS,
+    ban_of, exclusive, flood_scenario, grant_elements, guess_flood_scenario, known_good_of,
+    options_ping, password, phone_ua_crack_scenario, require_sip_tools, scan_scenario,
+    set_elements, standard_lab, svcrack, svcrack_scenario, svmap, svwar, uri_host,
+    wrong_password_phone_scenario, wrong_passwords, AgentMode, Attempt, CrackOutcome, CrackReport,
+    Exclusive, Family, FloodOutcome, GrantElement, MapReport, Meter, MeterReading, PhoneOutcome,
+    PhonePlan, Registrar, Rig, RigOptions, ScanOutcome, SetElement, SetEvent, SetWatch, SipRequest,
+    SipTransport, Sipp, SippScenario, SippStats, ToolRun, WarReport, ATTACKER, METER_TABLE, PHONE,
+    PHONE_UA, REALM, SCANNER_UA, SIP_PORT, USERS,
 };
 
 /// Re-exported so tests can signal a [`ChildGuard`] without depending on

@@ -68,6 +68,10 @@ const KAMAILIO_MODULES: &str = "/usr/lib/x86_64-linux-gnu/kamailio/modules/";
 const SCENARIO_REGISTER: &str = include_str!("../sip/register.xml");
 const SCENARIO_FLOOD: &str = include_str!("../sip/flood.xml");
 const SCENARIO_GUESS: &str = include_str!("../sip/guess.xml");
+const SCENARIO_CALL: &str = include_str!("../sip/call.xml");
+const SCENARIO_TOLL: &str = include_str!("../sip/toll.xml");
+/// The registrar's permissions address list (its trunks), next to its config.
+const ADDRESS_FILE: &str = "address.list";
 /// How long the registrar may take to answer its first probes.
 const REGISTRAR_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra time given to a tool beyond its own bound before `timeout` kills
@@ -296,7 +300,9 @@ fn tail_lines(text: &str, lines: usize) -> String {
 /// [`USERS`], challenges with `qop=auth`, answers 404 to unknown users
 /// (so svwar can enumerate, as against Asterisk with `alwaysauthreject=no`),
 /// 401 with a fresh challenge to a wrong password, 200 to a right one (the
-/// contact is saved in memory) and 200 to OPTIONS. Its config comes from
+/// contact is saved in memory) and 200 to OPTIONS. INVITEs from its trunks
+/// (its permissions address list) are answered with 200, anyone else's are
+/// challenged (407) unless they carry a user's credentials. Its config comes from
 /// `tests/sip/registrar.cfg`; its run directory and log are in a temporary
 /// directory. Killed (with its children) when dropped.
 pub struct Registrar {
@@ -322,7 +328,8 @@ pub struct SipRequest {
     pub auth: bool,
     /// `ok`, `challenge` (no credentials), `fail` (wrong password),
     /// `notfound` (unknown user), `stale` (expired nonce), `error<rc>`
-    /// (other authentication errors), `wronguser`, `refused` (other methods).
+    /// (other authentication errors), `wronguser`, `refused` (other
+    /// methods), `trunk` (an INVITE from a trunk, answered unauthenticated).
     pub result: String,
     pub user_agent: String,
 }
@@ -374,14 +381,22 @@ impl Registrar {
     /// Starts the registrar on every PBX address of `lab` (each client's
     /// link, IPv4 and IPv6) and waits until it answers on all of them.
     pub fn start(lab: &Lab) -> Result<Registrar> {
-        let addrs: Vec<IpAddr> = lab.clients.iter().flat_map(|c| c.pbx_addrs()).collect();
-        Registrar::start_on(&lab.pbx, &addrs)
+        Registrar::start_with_trunks(lab, &[])
     }
 
-    /// Starts the registrar in `ns` on `addrs` (port 5060, UDP and TCP) and
-    /// waits until it answers an OPTIONS on every address over UDP and
-    /// accepts a TCP connection; fails with the tail of its log otherwise.
-    pub fn start_on(ns: &Netns, addrs: &[IpAddr]) -> Result<Registrar> {
+    /// [`Registrar::start`] with `trunks` in its permissions address list
+    /// (group 1, tag `trunk`): their INVITEs are answered without
+    /// authentication, and the agent's discovery learns them as trunks.
+    pub fn start_with_trunks(lab: &Lab, trunks: &[IpAddr]) -> Result<Registrar> {
+        let addrs: Vec<IpAddr> = lab.clients.iter().flat_map(|c| c.pbx_addrs()).collect();
+        Registrar::start_on(&lab.pbx, &addrs, trunks)
+    }
+
+    /// Starts the registrar in `ns` on `addrs` (port 5060, UDP and TCP),
+    /// with `trunks` in its address list, and waits until it answers an
+    /// OPTIONS on every address over UDP and accepts a TCP connection;
+    /// fails with the tail of its log otherwise.
+    pub fn start_on(ns: &Netns, addrs: &[IpAddr], trunks: &[IpAddr]) -> Result<Registrar> {
         if addrs.is_empty() {
             bail!("the registrar needs at least one address");
         }
@@ -393,7 +408,9 @@ impl Registrar {
         let config_dir = dir.path().join("etc");
         std::fs::create_dir(&config_dir)?;
         let cfg_path = config_dir.join("kamailio.cfg");
-        std::fs::write(&cfg_path, render_registrar_config(addrs))?;
+        let address_file = config_dir.join(ADDRESS_FILE);
+        std::fs::write(&address_file, render_address_list(trunks))?;
+        std::fs::write(&cfg_path, render_registrar_config(addrs, &address_file))?;
         let log = dir.path().join("kamailio.log");
         let log_file = OpenOptions::new().create(true).append(true).open(&log)?;
 
@@ -464,8 +481,9 @@ impl Registrar {
         &self.addrs
     }
 
-    /// The directory holding its `kamailio.cfg` and nothing else: what the
-    /// agent's discovery reads in place of `/etc/kamailio`.
+    /// The directory holding its `kamailio.cfg` and address list and
+    /// nothing else: what the agent's discovery reads in place of
+    /// `/etc/kamailio`.
     pub fn config_dir(&self) -> &Path {
         &self.config_dir
     }
@@ -529,7 +547,18 @@ impl Registrar {
     }
 }
 
-fn render_registrar_config(addrs: &[IpAddr]) -> String {
+/// The permissions address list: one `group address netmask port tag` line
+/// per trunk, group 1, any port.
+fn render_address_list(trunks: &[IpAddr]) -> String {
+    let mut out = String::from("# group address netmask port tag\n");
+    for ip in trunks {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        out.push_str(&format!("1 {ip} {len} 0 trunk\n"));
+    }
+    out
+}
+
+fn render_registrar_config(addrs: &[IpAddr], address_file: &Path) -> String {
     let mut listen = String::new();
     for ip in addrs {
         for proto in ["udp", "tcp"] {
@@ -546,6 +575,7 @@ fn render_registrar_config(addrs: &[IpAddr]) -> String {
         .replace("@REALM@", REALM)
         .replace("@MODULES@", KAMAILIO_MODULES)
         .replace("@CHILDREN@", "3")
+        .replace("@ADDRESS_FILE@", &address_file.display().to_string())
 }
 
 /// Sends one SIP OPTIONS over UDP from `from` (an address of `ns`; port
@@ -724,6 +754,13 @@ pub enum SippScenario {
     /// `guess.xml`: REGISTER, 401, REGISTER with (wrong) credentials, 401 or
     /// 403. A call succeeds when the guess was judged by the registrar.
     Guess,
+    /// `call.xml`: a trunk's call to the number `user`: INVITE, 200, ACK,
+    /// BYE, 200. A call succeeds when it was answered and hung up.
+    Call,
+    /// `toll.xml`: one INVITE without credentials to the number `user` and
+    /// the registrar's challenge. A call succeeds when the INVITE was
+    /// answered (reached the registrar).
+    Toll,
 }
 
 impl SippScenario {
@@ -732,6 +769,8 @@ impl SippScenario {
             SippScenario::Register => "register.xml",
             SippScenario::Flood => "flood.xml",
             SippScenario::Guess => "guess.xml",
+            SippScenario::Call => "call.xml",
+            SippScenario::Toll => "toll.xml",
         }
     }
 
@@ -740,6 +779,8 @@ impl SippScenario {
             SippScenario::Register => SCENARIO_REGISTER,
             SippScenario::Flood => SCENARIO_FLOOD,
             SippScenario::Guess => SCENARIO_GUESS,
+            SippScenario::Call => SCENARIO_CALL,
+            SippScenario::Toll => SCENARIO_TOLL,
         }
     }
 }
@@ -857,6 +898,46 @@ impl Sipp {
             retransmit: false,
             max_concurrent: 20_000,
             ..Sipp::phone(local, target, user, wrong)
+        }
+    }
+
+    /// A phone that unregisters `user` (REGISTER with `Expires: 0`, 401,
+    /// the same with credentials, 200), once.
+    pub fn unregister(local: SocketAddr, target: SocketAddr, user: &str, password: &str) -> Sipp {
+        Sipp {
+            expires: 0,
+            ..Sipp::phone(local, target, user, password)
+        }
+    }
+
+    /// A trunk's call to `number` (answered, then hung up), once,
+    /// retransmitting like a real SIP stack.
+    pub fn call(local: SocketAddr, target: SocketAddr, number: &str) -> Sipp {
+        Sipp {
+            scenario: SippScenario::Call,
+            user_agent: "palisade-test-trunk".to_owned(),
+            ..Sipp::phone(local, target, number, "")
+        }
+    }
+
+    /// `calls` INVITEs without credentials to `number` at `rate` per
+    /// second, each sent once: a toll-fraud burst.
+    pub fn toll_fraud(
+        local: SocketAddr,
+        target: SocketAddr,
+        number: &str,
+        rate: f64,
+        calls: u64,
+    ) -> Sipp {
+        Sipp {
+            scenario: SippScenario::Toll,
+            user_agent: "Grandstream GXP2160 1.0.11.6".to_owned(),
+            rate,
+            calls,
+            recv_timeout: Duration::from_secs(1),
+            retransmit: false,
+            max_concurrent: 20_000,
+            ..Sipp::phone(local, target, number, "")
         }
     }
 
@@ -1244,6 +1325,73 @@ fn parse_element(elem: &serde_json::Value) -> SetElement {
     }
 }
 
+/// One per-user grant in `grant_v4`/`grant_v6` of `inet palisade`: `addr`
+/// may open `proto`/`port`, for `timeout` seconds from when it was set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantElement {
+    pub addr: IpAddr,
+    /// `tcp` or `udp` (nft prints the protocol by name, or its number).
+    pub proto: String,
+    pub port: u16,
+    pub comment: Option<String>,
+    /// Seconds.
+    pub timeout: Option<u64>,
+    /// Seconds left.
+    pub expires: Option<u64>,
+}
+
+/// Every element of `grant_v4` and `grant_v6` in `ns`; empty when the table
+/// or the sets do not exist.
+pub fn grant_elements(ns: &Netns) -> Result<Vec<GrantElement>> {
+    let mut out = Vec::new();
+    for set in ["grant_v4", "grant_v6"] {
+        let cmd = ns
+            .command("nft")
+            .args(["-j", "list", "set", "inet", "palisade", set])
+            .output()?;
+        if !cmd.status.success() {
+            continue;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&cmd.stdout)?;
+        for item in json["nftables"].as_array().into_iter().flatten() {
+            for elem in item["set"]["elem"].as_array().into_iter().flatten() {
+                if let Some(g) = parse_grant(elem) {
+                    out.push(g);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_grant(elem: &serde_json::Value) -> Option<GrantElement> {
+    let (val, meta) = match elem.get("elem") {
+        Some(inner) => (&inner["val"], inner),
+        None => (elem, elem),
+    };
+    let parts = val["concat"].as_array()?;
+    let [addr, proto, port] = parts.as_slice() else {
+        return None;
+    };
+    let proto = match proto {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => match n.as_u64() {
+            Some(6) => "tcp".to_owned(),
+            Some(17) => "udp".to_owned(),
+            _ => n.to_string(),
+        },
+        _ => return None,
+    };
+    Some(GrantElement {
+        addr: addr.as_str()?.parse().ok()?,
+        proto,
+        port: u16::try_from(port.as_u64()?).ok()?,
+        comment: meta["comment"].as_str().map(str::to_owned),
+        timeout: meta["timeout"].as_u64(),
+        expires: meta["expires"].as_u64(),
+    })
+}
+
 fn family_set(prefix: &str, ip: IpAddr) -> String {
     format!("{prefix}_{}", if ip.is_ipv4() { "v4" } else { "v6" })
 }
@@ -1476,20 +1624,49 @@ pub struct Rig<'a> {
     scratch: tempfile::TempDir,
 }
 
+/// What a [`Rig`] starts with beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RigOptions {
+    /// Policy text appended to the agent's config (which holds the policy),
+    /// e.g. `"[responsive.inline]\nenabled = true\n"`. It must not repeat
+    /// `[agent.discovery]`, which the rig writes.
+    pub policy: String,
+    /// Addresses in the registrar's permissions address list: its trunks,
+    /// which the agent learns through discovery.
+    pub trunks: Vec<IpAddr>,
+}
+
 impl<'a> Rig<'a> {
     /// Starts the meter, the registrar, then (in `Running` mode) the agent
     /// with the default policy, discovering the registrar's config, and the
     /// set watch.
     pub fn start(lab: &'a Lab, mode: AgentMode) -> Result<Rig<'a>> {
+        Rig::start_opts(lab, mode, RigOptions::default())
+    }
+
+    /// [`Rig::start`] with `extra_policy` appended to the default policy.
+    pub fn start_with(lab: &'a Lab, mode: AgentMode, extra_policy: &str) -> Result<Rig<'a>> {
+        Rig::start_opts(
+            lab,
+            mode,
+            RigOptions {
+                policy: extra_policy.to_owned(),
+                ..RigOptions::default()
+            },
+        )
+    }
+
+    /// [`Rig::start`] with extra policy and trunks.
+    pub fn start_opts(lab: &'a Lab, mode: AgentMode, options: RigOptions) -> Result<Rig<'a>> {
         let scratch = tempfile::Builder::new().prefix("pal-sip").tempdir()?;
         let meter = Meter::install(lab)?;
-        let registrar = Registrar::start(lab)?;
+        let registrar = Registrar::start_with_trunks(lab, &options.trunks)?;
         let (agent, daemon) = match mode {
             AgentMode::Running => {
                 let agent = AgentHost::new(&lab.pbx)?;
                 std::fs::write(
                     agent.config_path(),
-                    agent_config(&registrar, scratch.path()),
+                    agent_config(&registrar, scratch.path(), &options.policy),
                 )?;
                 let daemon = agent.start_daemon()?;
                 // The table is in force before the watch reads: attack only
@@ -1540,6 +1717,34 @@ impl<'a> Rig<'a> {
         Ok(daemon.wait_timeout(Duration::from_secs(5))?.is_some())
     }
 
+    /// Rewrites the agent's config with `extra_policy` in place of what it
+    /// had on top of the default policy, and tells the daemon (SIGHUP) to
+    /// reload it. Returns at once: wait for the effect.
+    pub fn reconfigure(&self, extra_policy: &str) -> Result<()> {
+        let (Some(agent), Some(daemon)) = (self.agent.as_ref(), self.daemon.as_ref()) else {
+            bail!("no agent daemon is running");
+        };
+        // The daemon installs its SIGHUP handler only after its first
+        // discovery, and until then SIGHUP's default action ends it.
+        let pid = daemon.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !catches(pid, Signal::SIGHUP) {
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent (pid {pid}) did not catch SIGHUP within 10 s: {}",
+                    tail_lines(&agent.daemon_log(), 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(
+            agent.config_path(),
+            agent_config(&self.registrar, self.scratch.path(), extra_policy),
+        )?;
+        daemon.signal(Signal::SIGHUP)?;
+        Ok(())
+    }
+
     /// Whether the agent daemon still runs.
     pub fn agent_running(&mut self) -> bool {
         self.daemon.as_mut().is_some_and(|d| d.is_running())
@@ -1550,9 +1755,28 @@ impl<'a> Rig<'a> {
         ban_of(&self.lab.pbx, ip)
     }
 
+    /// The per-user grants in force now ([`grant_elements`]).
+    pub fn grants(&self) -> Result<Vec<GrantElement>> {
+        grant_elements(&self.lab.pbx)
+    }
+
     /// `ip`'s known-good element, if it has one now.
     pub fn known_good_of(&self, ip: IpAddr) -> Result<Option<SetElement>> {
         known_good_of(&self.lab.pbx, ip)
+    }
+
+    /// When the agent decided to ban `ip`: the timestamp of its first
+    /// `banned addr=IP` log line (written as the verdict goes to the
+    /// kernel, so a few hundred microseconds before the ban is in force).
+    /// Sharper than [`Rig::ban_delay`], whose `nft monitor` may lag behind
+    /// while it refreshes its cache of a large table.
+    pub fn ban_logged(&self, ip: IpAddr) -> Option<SystemTime> {
+        let log = self.agent.as_ref()?.daemon_log();
+        let needle = format!("banned addr={ip} ");
+        log.lines()
+            .map(strip_ansi)
+            .find(|l| l.contains(&needle))
+            .and_then(|l| parse_rfc3339_utc(l.split_whitespace().next()?))
     }
 
     /// How long after `since` the watch saw `ip` banned.
@@ -1591,6 +1815,59 @@ impl<'a> Rig<'a> {
         ));
         out
     }
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`), as the agent's
+/// log has them.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `2026-11-25T03:59:35.895601Z` (UTC, as tracing writes it) as a time.
+fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.splitn(3, ':').map(|x| x.parse::<u64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let nanos: u32 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    Some(UNIX_EPOCH + Duration::new(days * 86_400 + h * 3600 + min * 60 + sec, nanos))
+}
+
+/// Whether process `pid` has a handler for `signal` (its `SigCgt` mask in
+/// `/proc/PID/status`).
+fn catches(pid: u32, signal: Signal) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (signal as i32 - 1)) != 0)
 }
 
 /// Where the registrar's log and the meter stood for one source before a
@@ -1633,13 +1910,19 @@ impl Mark {
     }
 }
 
-/// The agent's config in a rig: the default policy, with discovery reading
-/// the test registrar's config and nothing of the host's (a machine with
-/// the kamailio package has an `/etc/kamailio` of its own).
-fn agent_config(registrar: &Registrar, scratch: &Path) -> String {
+/// The agent's config in a rig: the default policy plus `extra_policy`,
+/// with discovery reading the test registrar's config and nothing of the
+/// host's (a machine with the kamailio package has an `/etc/kamailio` of
+/// its own).
+/// `@REGISTRAR_LOG@` in `extra_policy` stands for the registrar's log file.
+fn agent_config(registrar: &Registrar, scratch: &Path, extra_policy: &str) -> String {
     let none = scratch.join("no-pbx");
+    let extra_policy = extra_policy.replace(
+        "@REGISTRAR_LOG@",
+        &registrar.log_path().display().to_string(),
+    );
     format!(
-        "[agent.discovery]\nkamailio = {:?}\nasterisk = {:?}\nfreeswitch = {:?}\n",
+        "[agent.discovery]\nkamailio = {:?}\nasterisk = {:?}\nfreeswitch = {:?}\n\n{extra_policy}\n",
         registrar.config_dir().display().to_string(),
         none.join("asterisk").display().to_string(),
         none.join("freeswitch").display().to_string(),
@@ -2152,6 +2435,20 @@ mod tests {
     }
 
     #[test]
+    fn grant_elements_are_read_by_name_or_number() {
+        let g = parse_grant(&serde_json::json!({"elem": {
+            "val": {"concat": ["10.200.1.2", "tcp", 22]},
+            "timeout": 120, "expires": 118, "comment": "registered: 333"}}))
+        .expect("parses");
+        assert_eq!(g.addr, "10.200.1.2".parse::<IpAddr>().unwrap());
+        assert_eq!((g.proto.as_str(), g.port), ("tcp", 22));
+        assert_eq!((g.timeout, g.expires), (Some(120), Some(118)));
+        let g = parse_grant(&serde_json::json!({"concat": ["fd00::2", 17, 69]})).expect("parses");
+        assert_eq!((g.proto.as_str(), g.port, g.timeout), ("udp", 69, None));
+        assert!(parse_grant(&serde_json::json!("10.0.0.1")).is_none());
+    }
+
+    #[test]
     fn set_elements_cover_addresses_and_networks() {
         let e = parse_element(
             &serde_json::json!({"elem": {"val": "10.0.0.1", "timeout": 3600, "comment": "x"}}),
@@ -2167,21 +2464,57 @@ mod tests {
 
     #[test]
     fn the_registrar_config_has_every_placeholder_filled() {
-        let cfg = render_registrar_config(&[
-            "10.200.1.1".parse().unwrap(),
-            "fd00:200:1::1".parse().unwrap(),
-        ]);
+        let cfg = render_registrar_config(
+            &[
+                "10.200.1.1".parse().unwrap(),
+                "fd00:200:1::1".parse().unwrap(),
+            ],
+            Path::new("/etc/k/address.list"),
+        );
         for needle in [
             "listen=udp:10.200.1.1:5060",
             "listen=tcp:[fd00:200:1::1]:5060",
             "$sht(users=>333)",
             "www_challenge(\"palisade.lab\", \"1\")",
+            "proxy_challenge(\"palisade.lab\", \"1\")",
+            "modparam(\"permissions\", \"address_file\", \"/etc/k/address.list\")",
         ] {
             assert!(cfg.contains(needle), "{needle} missing");
         }
-        for placeholder in ["@LISTEN@", "@USERS@", "@REALM@", "@MODULES@", "@CHILDREN@"] {
+        for placeholder in [
+            "@LISTEN@",
+            "@USERS@",
+            "@REALM@",
+            "@MODULES@",
+            "@CHILDREN@",
+            "@ADDRESS_FILE@",
+        ] {
             assert!(!cfg.contains(placeholder), "{placeholder} left");
         }
+        let list = render_address_list(&[
+            "10.200.3.2".parse().unwrap(),
+            "fd00:200:3::2".parse().unwrap(),
+        ]);
+        assert!(list.contains("\n1 10.200.3.2 32 0 trunk\n"), "{list}");
+        assert!(list.contains("\n1 fd00:200:3::2 128 0 trunk\n"), "{list}");
+    }
+
+    #[test]
+    fn agent_log_timestamps_parse() {
+        let line = strip_ansi(
+            "\u{1b}[2m2026-11-25T03:59:35.895601Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m banned addr=10.0.0.1 x",
+        );
+        assert!(
+            line.starts_with("2026-11-25T03:59:35.895601Z  WARN banned"),
+            "{line}"
+        );
+        let at = parse_rfc3339_utc("2026-11-25T03:59:35.895601Z").unwrap();
+        assert_eq!(
+            at.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::new(1_795_579_175, 895_601_000)
+        );
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
+        assert!(parse_rfc3339_utc("yesterday").is_none());
     }
 
     #[test]

@@ -76,6 +76,7 @@ pub struct Watch {
     logs: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     group: u16,
+    inline: palisade_model::inline::Inline,
 }
 
 impl Watch {
@@ -158,11 +159,18 @@ impl Watch {
             logs,
             stop,
             group,
+            inline: policy.responsive.inline.clone(),
         })
     }
 
     pub fn group(&self) -> u16 {
         self.group
+    }
+
+    /// Whether the running threads fit `r`: the NFLOG group and the inline
+    /// queue are bound at start, so a change of either needs a new watch.
+    pub fn fits(&self, r: &Responsive) -> bool {
+        self.group == r.nflog_group && self.inline == r.inline
     }
 
     /// New settings and exemptions; what was learnt about sources is kept.
