@@ -404,13 +404,17 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
         }
         Command::Unban { addr } => {
             let agent = agent(&settings)?;
-            for set in [DynSet::Ban, DynSet::SharedBan] {
-                agent.remove_elements(set, std::slice::from_ref(addr))?;
-            }
+            // Under the state lock, like every enforce: the daemon's periodic
+            // check puts back what the book holds, and must not read the book
+            // before the lift and write the kernel after it.
+            let _lock = agent.state.lock()?;
             crate::bans::BanBook::new(agent.state.path()).append(&[crate::bans::Entry::Lift {
                 addr: *addr,
                 at: crate::state::now_unix(),
             }])?;
+            for set in [DynSet::Ban, DynSet::SharedBan] {
+                agent.remove_elements(set, std::slice::from_ref(addr))?;
+            }
             println!("{addr} unbanned");
         }
         Command::Set { op } => {

@@ -957,6 +957,52 @@ mod guard_tests {
         serde_json::to_string(v).unwrap()
     }
 
+    /// Inline mode marks unknown sources' SIP instead of copying it; the queue
+    /// itself is ours only where nft has `queue` (otherwise iptables-nft's).
+    #[test]
+    fn inline_mode_marks_and_queues_after_the_filter_chains() {
+        let off = render(&parse_policy("", "t").unwrap());
+        assert!(!off.chains.iter().any(|c| c.name == INLINE_CHAIN));
+        let mut p =
+            parse_policy("[responsive.inline]\nenabled = true\nbypass = false\n", "t").unwrap();
+        let xt = render(&p);
+        let guard = json(&chain(&xt, GUARD_CHAIN).rules);
+        assert!(
+            guard.contains("\"goto\":{\"target\":\"inline\"}"),
+            "{guard}"
+        );
+        let last = chain(&xt, GUARD_CHAIN).rules.last().unwrap();
+        assert_eq!(
+            last.comment, "guard: inline",
+            "unknown sources are held, not copied"
+        );
+        let inline = json(&chain(&xt, INLINE_CHAIN).rules);
+        assert!(
+            inline.contains("\"mangle\"") && inline.contains(&0x0050_0000u32.to_string()),
+            "{inline}"
+        );
+        assert!(inline.contains("5060"), "{inline}");
+        assert!(!xt.chains.iter().any(|c| c.name == INLINE_QUEUE_CHAIN));
+        // Known-good sources are still copied, not held.
+        assert!(guard.contains("known-good"), "{guard}");
+
+        p.responsive.inline.backend = QueueBackend::Native;
+        let native = render(&p);
+        let q = chain(&native, INLINE_QUEUE_CHAIN);
+        assert_eq!(q.hook, Some(Hook::InlineQueue));
+        assert!(Hook::InlineQueue.priority() > Hook::Input.priority());
+        let rules = json(&q.rules);
+        assert!(
+            rules.contains("\"queue\"") && rules.contains("5060"),
+            "{rules}"
+        );
+        assert!(
+            !rules.contains("bypass"),
+            "bypass off means fail closed: {rules}"
+        );
+        assert_ne!(xt.fingerprint, native.fingerprint);
+    }
+
     #[test]
     fn signalling_meets_the_guard_before_conntrack() {
         let d = render(&parse_policy("", "t").unwrap());
