@@ -455,26 +455,44 @@ pub fn element_renew(
     renew: &[TimedAddr],
     end: &[std::net::IpAddr],
 ) -> Nftables<'static> {
+    renew_elements(
+        |family| super::render::dyn_set_name(set, family),
+        |family| {
+            renew
+                .iter()
+                .map(|e| &e.addr)
+                .chain(end)
+                .filter(|a| Family::of(a) == family)
+                .map(|a| string(a.to_string()))
+                .collect()
+        },
+        |family| {
+            renew
+                .iter()
+                .filter(|e| Family::of(&e.addr) == family)
+                .map(addr_element)
+                .collect()
+        },
+    )
+}
+
+/// Per family: adds the `bare` keys, deletes them, adds the `timed`
+/// elements, in one transaction (see [`element_renew`]).
+fn renew_elements(
+    name: impl Fn(Family) -> String,
+    bare: impl Fn(Family) -> Vec<Expression<'static>>,
+    timed: impl Fn(Family) -> Vec<Expression<'static>>,
+) -> Nftables<'static> {
     let mut batch = Batch::new();
     for family in Family::ALL {
-        let name = super::render::dyn_set_name(set, family);
-        let bare: Vec<Expression<'static>> = renew
-            .iter()
-            .map(|e| &e.addr)
-            .chain(end)
-            .filter(|a| Family::of(a) == family)
-            .map(|a| string(a.to_string()))
-            .collect();
+        let bare = bare(family);
         if bare.is_empty() {
             continue;
         }
+        let name = name(family);
         batch.add(elements(&name, bare.clone()));
         batch.delete(elements(&name, bare));
-        let timed: Vec<Expression<'static>> = renew
-            .iter()
-            .filter(|e| Family::of(&e.addr) == family)
-            .map(addr_element)
-            .collect();
+        let timed = timed(family);
         if !timed.is_empty() {
             batch.add(elements(&name, timed));
         }
@@ -504,30 +522,24 @@ pub fn grant_batch(grants: &[Grant], delete: bool) -> Nftables<'static> {
 /// Like [`element_renew`] for per-user grants: `renew` get exactly their new
 /// timeouts, `end` go, present or not, in one transaction.
 pub fn grant_renew(renew: &[Grant], end: &[Grant]) -> Nftables<'static> {
-    let mut batch = Batch::new();
-    for family in Family::ALL {
-        let name = super::render::set_name("grant", family);
-        let bare: Vec<Expression<'static>> = renew
-            .iter()
-            .chain(end)
-            .filter(|g| Family::of(&g.addr) == family)
-            .map(|g| key_expr(&grant_key(g.addr, g.proto, g.port)))
-            .collect();
-        if bare.is_empty() {
-            continue;
-        }
-        batch.add(elements(&name, bare.clone()));
-        batch.delete(elements(&name, bare));
-        let timed: Vec<Expression<'static>> = renew
-            .iter()
-            .filter(|g| Family::of(&g.addr) == family)
-            .map(grant_element)
-            .collect();
-        if !timed.is_empty() {
-            batch.add(elements(&name, timed));
-        }
-    }
-    batch.to_nftables()
+    renew_elements(
+        |family| super::render::set_name("grant", family),
+        |family| {
+            renew
+                .iter()
+                .chain(end)
+                .filter(|g| Family::of(&g.addr) == family)
+                .map(|g| key_expr(&grant_key(g.addr, g.proto, g.port)))
+                .collect()
+        },
+        |family| {
+            renew
+                .iter()
+                .filter(|g| Family::of(&g.addr) == family)
+                .map(grant_element)
+                .collect()
+        },
+    )
 }
 
 /// The transaction that removes the agent's table and nothing else.

@@ -43,20 +43,28 @@ pub enum Read {
     Overrun,
 }
 
+/// A netfilter netlink socket with a large receive buffer (a flood fills it
+/// instead of the agent's memory) and a receive timeout, so the reading thread
+/// also keeps time. Shared with the NFQUEUE reader.
+pub(super) fn socket(timeout: Duration) -> io::Result<Socket> {
+    let mut sock = Socket::new(NETLINK_NETFILTER)?;
+    sock.bind_auto()?;
+    // Best effort: without CAP_NET_ADMIN's rmem override the kernel caps it.
+    let _ = sock.set_rx_buf_sz(RCVBUF);
+    nix::sys::socket::setsockopt(
+        &sock.as_fd(),
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64),
+    )
+    .map_err(io::Error::from)?;
+    Ok(sock)
+}
+
 impl Nflog {
     /// Binds `group`. Only one listener per group and namespace is allowed: a
     /// second agent (or ulogd) gets a clear error.
     pub fn open(group: u16, timeout: Duration) -> io::Result<Nflog> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        // Best effort: without CAP_NET_ADMIN's rmem override the kernel caps it.
-        let _ = sock.set_rx_buf_sz(RCVBUF);
-        nix::sys::socket::setsockopt(
-            &sock.as_fd(),
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64),
-        )
-        .map_err(io::Error::from)?;
+        let sock = socket(timeout)?;
         let mut nflog = Nflog {
             sock,
             buf: vec![0; 1 << 17],

@@ -12,7 +12,6 @@
 //! the agent has forgotten (a verdict for an id the kernel no longer holds)
 //! gets `ENOENT` back, which is counted and ignored, never fatal.
 
-use netlink_sys::constants::NETLINK_NETFILTER;
 use netlink_sys::Socket;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -46,7 +45,6 @@ const NF_ACCEPT: u32 = 1;
 
 /// Packets the kernel holds for us at most; beyond it, fail-open decides.
 const QUEUE_MAXLEN: u32 = 4096;
-const RCVBUF: usize = 8 << 20;
 
 /// The agent's answer for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,15 +73,7 @@ impl NfQueue {
     /// Binds queue `queue`. With `fail_open`, the kernel accepts what it cannot
     /// queue (queue full); the rule's own `bypass` covers "no agent at all".
     pub fn open(queue: u16, fail_open: bool, timeout: Duration) -> io::Result<NfQueue> {
-        let mut sock = Socket::new(NETLINK_NETFILTER)?;
-        sock.bind_auto()?;
-        let _ = sock.set_rx_buf_sz(RCVBUF);
-        nix::sys::socket::setsockopt(
-            &sock.as_fd(),
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64),
-        )
-        .map_err(io::Error::from)?;
+        let sock = super::nflog::socket(timeout)?;
         // A flood must not make the kernel report ENOBUFS on every read: the
         // queue length and fail-open already say what happens to the excess.
         let _ = sock.set_no_enobufs(true);

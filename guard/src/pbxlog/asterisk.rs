@@ -181,7 +181,7 @@ pub fn parse_security(line: &str) -> Result<Option<LogFact>, LineError> {
         "asterisk {}{} {event} {}",
         first("Service").map(label).unwrap_or_default(),
         transport
-            .map(|t| format!("/{}", t.as_str()))
+            .map(|t| format!("/{}", t.to_string().to_ascii_uppercase()))
             .unwrap_or_default(),
         kind.user().unwrap_or("-"),
     );
@@ -230,14 +230,8 @@ fn security_address(value: &str) -> Option<(IpAddr, Option<Transport>)> {
     let (transport, addr, port) = match rest.as_slice() {
         [addr, port] => (None, *addr, *port),
         [t, addr, port] => (
-            Some(match *t {
-                "UDP" => Transport::Udp,
-                "TCP" => Transport::Tcp,
-                "TLS" => Transport::Tls,
-                "WS" => Transport::Ws,
-                "WSS" => Transport::Wss,
-                _ => return None,
-            }),
+            // Asterisk writes them upper-case; `IAX` is not a SIP transport.
+            Some(Transport::parse(t).filter(|t| *t != Transport::Iax)?),
             *addr,
             *port,
         ),

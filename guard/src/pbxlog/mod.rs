@@ -48,27 +48,9 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Longest user label kept in a fact (the packet path keeps 48 bytes).
 const MAX_LABEL: usize = 64;
 
-/// How the request reached the PBX, when the log says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-    Ws,
-    Wss,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-            Transport::Ws => "WS",
-            Transport::Wss => "WSS",
-        }
-    }
-}
+/// How the request reached the PBX, when the log says (the transports PBX
+/// configurations name; a log never says `Iax`, IAX2 is a [`Service`]).
+pub use palisade_model::Transport;
 
 /// The PBX service a line is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
