@@ -96,6 +96,19 @@ enum Command {
         #[arg(long)]
         uninstall: bool,
     },
+    /// Enrol this host with a controller: a key made here, a certificate from
+    /// the controller's CA. The daemon then keeps a sync stream with it.
+    Enroll {
+        /// The token from `palisade token create` (`pal1.…`).
+        #[arg(long, env = "PALISADE_TOKEN")]
+        token: String,
+        /// The controller's URL, when not the token's (https://HOST:PORT).
+        #[arg(long)]
+        controller: Option<String>,
+        /// The name this host is known by (default: its host name).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
     /// Internal: waits for a pending change's deadline and rolls it back.
     #[command(hide = true)]
     RollbackWatch { id: String },
@@ -485,6 +498,27 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Enroll {
+            token,
+            controller,
+            hostname,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the runtime")?;
+            let opts = crate::controller::enroll::EnrollOptions {
+                token: token.clone(),
+                controller: controller.clone(),
+                hostname: hostname.clone(),
+            };
+            let id = rt.block_on(crate::controller::enroll::enroll(&settings.state_dir, opts))?;
+            println!(
+                "enrolled as {} with {}; the daemon keeps in sync with it",
+                id.name(),
+                id.url
+            );
+        }
         Command::Disable { uninstall } => {
             let agent = agent(&settings)?;
             if agent.disable(*uninstall)? {
@@ -499,6 +533,10 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
 
 /// Applies the config file if it validates; a broken file keeps what is in force.
 fn apply_config(cli: &Cli, agent: &Agent) {
+    if crate::controller::sync::manages_policy(agent.state.path()) {
+        info!("the policy comes from the controller; the config file's policy is not applied");
+        return;
+    }
     let source = cli.config.display().to_string();
     let text = match std::fs::read_to_string(&cli.config) {
         Ok(t) => t,
@@ -666,6 +704,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             w.note_ban(b.addr, Duration::from_secs(b.until.saturating_sub(now)));
         }
     }
+    // After the ban book's compaction above: the sync task tails it.
+    let mut controller = crate::controller::sync::start(&agent, settings.controller.clone());
     let book = crate::bans::BanBook::new(agent.state.path());
     let mut book_offset = book.read_from(0).map(|(_, o)| o).unwrap_or(0);
     let mut watcher = match crate::follow::ConfigWatcher::new() {
@@ -721,6 +761,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
                     apply_name_deltas(&agent, deltas);
                 }
             }
+            _ = controller.policy_changed() => {
+                info!("policy from the controller: following it");
+                rediscover(cli, &agent, &settings, watcher.as_mut(), names.as_mut());
+                follow_watch(&agent, &mut watch, &settings.pbx_logs);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = tick.tick() => {
@@ -774,6 +819,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
             }
         }
     }
+    drop(controller);
     drop(watch);
     info!("stopping; the ruleset stays in force");
     Ok(())

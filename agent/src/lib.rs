@@ -4,6 +4,7 @@
 
 pub mod bans;
 pub mod cli;
+pub mod controller;
 pub mod discover;
 pub mod engine;
 pub mod follow;

@@ -23,6 +23,8 @@ pub struct AgentSettings {
     pub resolver: crate::resolve::ResolverConfig,
     /// Which PBX security logs feed the detectors (`[agent.pbx_logs]`).
     pub pbx_logs: palisade_model::pbxlog::PbxLogs,
+    /// The sync stream with the controller (`[agent.controller]`).
+    pub controller: crate::controller::ControllerSettings,
 }
 
 impl Default for AgentSettings {
@@ -34,6 +36,7 @@ impl Default for AgentSettings {
             discovery: Default::default(),
             resolver: Default::default(),
             pbx_logs: Default::default(),
+            controller: Default::default(),
         }
     }
 }

@@ -22,17 +22,21 @@ pub enum DynSet {
     KnownGood,
     /// Addresses of trunk peers named by host name in the PBX's configuration.
     Trunk,
+    /// Addresses of the tenant's other hosts, from the controller: trusted
+    /// like the trusted zone (branch-office trunks need no configuration).
+    Peer,
     /// Addresses of the host names assigned to a zone.
     Resolved(Zone),
 }
 
 impl DynSet {
-    pub const ALL: [DynSet; 10] = [
+    pub const ALL: [DynSet; 11] = [
         DynSet::MgmtSession,
         DynSet::Ban,
         DynSet::SharedBan,
         DynSet::KnownGood,
         DynSet::Trunk,
+        DynSet::Peer,
         DynSet::Resolved(Zone::Trusted),
         DynSet::Resolved(Zone::Local),
         DynSet::Resolved(Zone::Other),
@@ -48,6 +52,7 @@ impl DynSet {
             DynSet::SharedBan => "ban_shared".into(),
             DynSet::KnownGood => "known_good".into(),
             DynSet::Trunk => "trunk_dyn".into(),
+            DynSet::Peer => "tenant_peer".into(),
             DynSet::Resolved(zone) => format!("zone_{zone}_dyn"),
         }
     }

@@ -208,6 +208,16 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
                 if let Some(how) = assigned(policy, dynamic, Zone::Trusted, addr) {
                     return verdict(Decision::Accept, stage, format!("zone trusted: {how}"));
                 }
+                if let Some(e) = dynamic.find(DynSet::Peer, addr) {
+                    return verdict(
+                        Decision::Accept,
+                        stage,
+                        format!(
+                            "set tenant_peer: a host of the tenant, trusted by the controller{}",
+                            element_note(e)
+                        ),
+                    );
+                }
             }
             Stage::Trunks => {
                 if let Some(who) = trunk_of(policy, dynamic, addr) {
@@ -440,6 +450,31 @@ mod tests {
             Some(Zone::Local),
             "IPv4-mapped addresses are judged as IPv4"
         );
+    }
+
+    #[test]
+    fn a_tenant_peer_is_trusted_unless_banned() {
+        let p = policy();
+        let mut d = DynamicState::default();
+        d.insert(
+            DynSet::Peer,
+            TimedAddr {
+                addr: "203.0.113.20".parse().unwrap(),
+                ttl: None,
+                expires: None,
+                comment: Some("peer: acme/branch/pbx2".into()),
+            },
+        );
+        let v = explain(&p, &d, &q("203.0.113.20", Some((Proto::Tcp, 9999))));
+        assert_eq!((v.decision, v.stage), (Decision::Accept, Stage::Trusted));
+        assert!(
+            v.reason.contains("tenant_peer") && v.reason.contains("acme/branch/pbx2"),
+            "{v}"
+        );
+        let mut banned = ban("203.0.113.20");
+        banned.sets.extend(d.sets);
+        let v = explain(&p, &banned, &q("203.0.113.20", Some((Proto::Tcp, 9999))));
+        assert_eq!((v.decision, v.stage), (Decision::Drop, Stage::Bans));
     }
 
     #[test]

@@ -425,6 +425,7 @@ fn guard_chains(policy: &Policy) -> Vec<ChainSpec> {
             DynSet::Resolved(Zone::Trusted).base_name(),
             "guard: trusted, resolved",
         ),
+        (DynSet::Peer.base_name(), "guard: tenant peer"),
         ("trunk".to_string(), "guard: trunk"),
         (DynSet::Trunk.base_name(), "guard: trunk, resolved"),
     ] {
@@ -672,6 +673,9 @@ fn input_rules(policy: &Policy, stage: Stage) -> Vec<RuleSpec> {
                 "zone trusted: resolved",
                 || vec![accept()],
             ));
+            rules.extend(per_family(&DynSet::Peer.base_name(), "tenant peer", || {
+                vec![accept()]
+            }));
             rules
         }
         Stage::Trunks => {
@@ -864,6 +868,10 @@ mod tests {
         assert!(pos("zone blocked") < pos("established"));
         assert!(pos("established") < pos("zone trusted"));
         assert!(pos("zone trusted") < pos("known-good"));
+        assert!(
+            pos("ban: ban_shared") < pos("tenant peer") && pos("tenant peer") < pos("trunk"),
+            "the tenant's hosts are trusted like the trusted zone, after the bans"
+        );
         assert!(pos("known-good") < pos("grant"));
         assert!(pos("grant") < pos("zone local"));
         assert_eq!(*comments.last().unwrap(), "zone internet: default");
@@ -1029,6 +1037,7 @@ mod guard_tests {
         let pos = |c: &str| rules.iter().position(|r| r.comment == c).unwrap();
         assert!(pos("guard: trusted") < pos("guard: tier"));
         assert!(pos("guard: trunk, resolved") < pos("guard: tier"));
+        assert!(pos("guard: tenant peer") < pos("guard: tier"));
         assert!(pos("guard: known-good, watched only") < pos("guard: tier"));
         let tier = json(&rules[pos("guard: tier")].expr);
         assert!(
@@ -1106,5 +1115,10 @@ mod trunk_tests {
         let pos = |c: &str| input.iter().position(|r| r.comment == c).unwrap();
         assert!(pos("zone trusted") < pos("trunk") && pos("trunk") < pos("known-good"));
         assert!(d.set("trunk_dyn_v4").is_some());
+        for name in ["tenant_peer_v4", "tenant_peer_v6"] {
+            let set = d.set(name).unwrap_or_else(|| panic!("no set {name}"));
+            assert_eq!(set.role, SetRole::Dynamic(DynSet::Peer));
+            assert_eq!(set.flags, ["timeout"]);
+        }
     }
 }

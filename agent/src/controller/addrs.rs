@@ -1,0 +1,80 @@
+//! The host's own addresses, which the tenant's other hosts will trust:
+//! every interface address except loopback, link-local, multicast and
+//! unspecified ones.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// Worth telling the controller about: an address another host could see
+/// this one's traffic come from.
+pub fn reportable(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                // fe80::/10
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some())
+        }
+    }
+}
+
+/// The interface addresses of this host (its network namespace), sorted.
+pub fn host_addresses() -> Vec<String> {
+    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    let mut out = BTreeSet::new();
+    for ifa in ifaddrs {
+        let Some(storage) = ifa.address else { continue };
+        let addr = if let Some(v4) = storage.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = storage.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if reportable(addr) {
+            out.insert(addr);
+        }
+    }
+    out.into_iter().map(|a| a.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_others_can_see() {
+        for yes in ["192.0.2.1", "10.200.1.1", "2001:db8::1", "fd00:200:1::1"] {
+            assert!(reportable(yes.parse().unwrap()), "{yes}");
+        }
+        for no in [
+            "127.0.0.1",
+            "169.254.3.4",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "::",
+            "::ffff:192.0.2.1",
+        ] {
+            assert!(!reportable(no.parse().unwrap()), "{no}");
+        }
+        // Whatever the machine has, none of it is loopback.
+        assert!(host_addresses()
+            .iter()
+            .all(|a| a != "127.0.0.1" && a != "::1"));
+    }
+}

@@ -1,0 +1,394 @@
+//! `OperatorService`: what the `palisade` CLI (and later the web console)
+//! calls. Every operator is authenticated (client certificate or bearer
+//! token) and, for now, may act on every tenant.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use palisade_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::auth::{self, OperatorTokens};
+use crate::fleet::{ban_to_pb, canonical_target, check_ban, check_name, status_of, Fleet};
+use crate::identity::HostId;
+use crate::store::{now_secs, AuditRecord, TokenRecord};
+use crate::token::{new_secret, secret_hash, TokenClaims};
+
+/// Default and longest validity of an enrolment token.
+pub const TOKEN_DEFAULT_SECS: u32 = 3600;
+pub const TOKEN_MAX_SECS: u32 = 30 * 86400;
+/// Largest policy document.
+pub const MAX_POLICY: usize = 256 * 1024;
+
+pub struct OperatorApi {
+    pub fleet: Arc<Fleet>,
+    pub tokens: OperatorTokens,
+}
+
+impl OperatorApi {
+    /// Authenticates the operator, returns `operator:<name>`.
+    fn who<T>(&self, req: &Request<T>, rpc: &str) -> Result<String, Status> {
+        auth::operator(req, &self.tokens)
+            .map(|n| format!("operator:{n}"))
+            .inspect_err(|st| {
+                let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+                self.fleet.refused("", &format!("unknown@{peer}"), rpc, st);
+            })
+    }
+
+    fn tenant_exists(&self, tenant: &str) -> Result<(), Status> {
+        check_name("tenant", tenant)?;
+        match self.fleet.store.tenant(tenant).map_err(status_of)? {
+            Some(_) => Ok(()),
+            None => Err(Status::not_found(format!(
+                "unknown tenant {tenant:?} (a tenant is created by its first token)"
+            ))),
+        }
+    }
+}
+
+macro_rules! rpc {
+    ($name:literal, $body:expr) => {
+        $body
+            .instrument(tracing::info_span!("rpc", rpc = $name))
+            .await
+    };
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl pb::operator_service_server::OperatorService for OperatorApi {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Reply<pb::CreateTokenResponse> {
+        rpc!("CreateToken", async {
+            let who = self.who(&req, "token.create")?;
+            let r = req.into_inner();
+            check_name("tenant", &r.tenant)?;
+            check_name("site", &r.site)?;
+            let valid = match r.valid_secs {
+                0 => TOKEN_DEFAULT_SECS,
+                v if v > TOKEN_MAX_SECS => {
+                    return Err(Status::invalid_argument(format!(
+                        "a token may be valid for at most {TOKEN_MAX_SECS} s"
+                    )))
+                }
+                v => v,
+            };
+            let now = now_secs();
+            let claims = TokenClaims {
+                url: self.fleet.url.clone(),
+                tenant: r.tenant.clone(),
+                site: r.site.clone(),
+                secret: new_secret(),
+                ca_sha256: self.fleet.pki.ca_sha256(),
+                exp: now + u64::from(valid),
+            };
+            let hash = secret_hash(&claims.secret).map_err(|e| Status::internal(e.to_string()))?;
+            let record = TokenRecord {
+                tenant: r.tenant.clone(),
+                site: r.site.clone(),
+                created_at: now,
+                created_by: who.clone(),
+                expires_at: claims.exp,
+                used_by: None,
+            };
+            let audit = AuditRecord::new(
+                &r.tenant,
+                &who,
+                "token.create",
+                format!("site {}, expires {}", r.site, claims.exp),
+            );
+            self.fleet
+                .store
+                .create_token(&hash, &record, audit)
+                .map_err(status_of)?;
+            self.fleet.store.flush().await.map_err(status_of)?;
+            Ok(Response::new(pb::CreateTokenResponse {
+                token: claims.encode(),
+                expires_at: claims.exp,
+            }))
+        })
+    }
+
+    async fn list_tenants(&self, req: Request<pb::ListRequest>) -> Reply<pb::ListTenantsResponse> {
+        rpc!("ListTenants", async {
+            self.who(&req, "tenants.list")?;
+            let store = &self.fleet.store;
+            let mut tenants = Vec::new();
+            for t in store.tenants().map_err(status_of)? {
+                let sites = store
+                    .sites(&t.name)
+                    .map_err(status_of)?
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                tenants.push(pb::Tenant {
+                    name: t.name,
+                    sites,
+                });
+            }
+            Ok(Response::new(pb::ListTenantsResponse { tenants }))
+        })
+    }
+
+    async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Reply<pb::ListHostsResponse> {
+        rpc!("ListHosts", async {
+            self.who(&req, "hosts.list")?;
+            let tenant = req.into_inner().tenant;
+            let filter = if tenant.is_empty() {
+                None
+            } else {
+                self.tenant_exists(&tenant)?;
+                Some(tenant.as_str())
+            };
+            let hosts = self
+                .fleet
+                .store
+                .hosts(filter)
+                .map_err(status_of)?
+                .into_iter()
+                .map(|h| pb::Host {
+                    connected: self.fleet.is_connected(&h.id()),
+                    tenant: h.tenant,
+                    site: h.site,
+                    name: h.name,
+                    addresses: h.addresses,
+                    last_seen: h.last_seen,
+                    revision: h.revision_acked,
+                    revoked: h.revoked,
+                    agent_version: h.agent_version,
+                })
+                .collect();
+            Ok(Response::new(pb::ListHostsResponse { hosts }))
+        })
+    }
+
+    async fn revoke_host(&self, req: Request<pb::HostRef>) -> Reply<pb::Empty> {
+        rpc!("RevokeHost", async {
+            let who = self.who(&req, "host.revoke")?;
+            let r = req.into_inner();
+            check_name("tenant", &r.tenant)?;
+            check_name("site", &r.site)?;
+            check_name("host", &r.host)?;
+            let id = HostId::new(&r.tenant, &r.site, &r.host);
+            self.fleet.revoke(&id, &who).await.map_err(status_of)?;
+            tracing::info!(host = %id, by = %who, "host revoked");
+            Ok(Response::new(pb::Empty {}))
+        })
+    }
+
+    async fn get_policy(&self, req: Request<pb::ScopeRef>) -> Reply<pb::PolicyDocument> {
+        rpc!("GetPolicy", async {
+            self.who(&req, "policy.get")?;
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            match self
+                .fleet
+                .store
+                .policy(&r.tenant, &r.site)
+                .map_err(status_of)?
+            {
+                Some(p) => Ok(Response::new(pb::PolicyDocument {
+                    tenant: p.tenant,
+                    site: p.site,
+                    toml: p.toml,
+                    revision: p.revision,
+                })),
+                None => Err(Status::not_found(format!(
+                    "no policy set for {}{}",
+                    r.tenant,
+                    if r.site.is_empty() {
+                        " (tenant default)".to_string()
+                    } else {
+                        format!("/{}", r.site)
+                    }
+                ))),
+            }
+        })
+    }
+
+    async fn set_policy(&self, req: Request<pb::PolicyDocument>) -> Reply<pb::Empty> {
+        rpc!("SetPolicy", async {
+            let who = self.who(&req, "policy.set")?;
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            if !r.site.is_empty() {
+                check_name("site", &r.site)?;
+            }
+            let refuse = |st: Status| {
+                self.fleet.refused(&r.tenant, &who, "policy.set", &st);
+                st
+            };
+            if r.toml.len() > MAX_POLICY {
+                return Err(refuse(Status::invalid_argument(format!(
+                    "the policy is larger than {MAX_POLICY} bytes"
+                ))));
+            }
+            let file = format!(
+                "policy of {}/{}",
+                r.tenant,
+                if r.site.is_empty() { "*" } else { &r.site }
+            );
+            if let Err(e) = palisade_model::parse_policy(&r.toml, &file) {
+                return Err(refuse(Status::invalid_argument(format!(
+                    "the policy does not validate: {e}"
+                ))));
+            }
+            let entry = self
+                .fleet
+                .set_policy(&r.tenant, &r.site, &r.toml, &who)
+                .await
+                .map_err(status_of)?;
+            tracing::info!(revision = entry.revision, "policy stored");
+            Ok(Response::new(pb::Empty {}))
+        })
+    }
+
+    async fn set_user_rules(&self, req: Request<pb::UserRulesRequest>) -> Reply<pb::Empty> {
+        rpc!("SetUserRules", async {
+            let who = self.who(&req, "user_rules.set")?;
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            let users: BTreeMap<String, Vec<String>> = r
+                .rules
+                .unwrap_or_default()
+                .users
+                .into_iter()
+                .map(|(k, v)| (k, v.services))
+                .collect();
+            let audit = AuditRecord::new(
+                &r.tenant,
+                &who,
+                "user_rules.set",
+                format!("{} users", users.len()),
+            );
+            let entry = self
+                .fleet
+                .store
+                .set_user_rules(&r.tenant, &users, &who, audit)
+                .map_err(status_of)?;
+            self.fleet
+                .commit(Some(entry), Instant::now())
+                .await
+                .map_err(status_of)?;
+            Ok(Response::new(pb::Empty {}))
+        })
+    }
+
+    async fn list_bans(&self, req: Request<pb::ScopeRef>) -> Reply<pb::ListBansResponse> {
+        rpc!("ListBans", async {
+            self.who(&req, "bans.list")?;
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            let now = now_secs();
+            let site_prefix = format!("{}/{}/", r.tenant, r.site);
+            let bans = self
+                .fleet
+                .store
+                .bans(&r.tenant)
+                .map_err(status_of)?
+                .into_iter()
+                .filter(|b| b.ban.live_at(now))
+                .filter(|b| r.site.is_empty() || b.ban.origin.starts_with(&site_prefix))
+                .map(|b| ban_to_pb(&b.ban))
+                .collect();
+            Ok(Response::new(pb::ListBansResponse { bans }))
+        })
+    }
+
+    async fn add_ban(&self, req: Request<pb::AddBanRequest>) -> Reply<pb::Empty> {
+        rpc!("AddBan", async {
+            let started = Instant::now();
+            let who = self.who(&req, "ban.add")?;
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            let now = now_secs();
+            let mut ban = check_ban(r.ban, &who, now).inspect_err(|st| {
+                self.fleet.refused(&r.tenant, &who, "ban.add", st);
+            })?;
+            if ban.reason == "unspecified" {
+                ban.reason = "manual".into();
+            }
+            if ban.expires_at != 0 && ban.expires_at <= now {
+                return Err(Status::invalid_argument(
+                    "the ban's expires_at is in the past",
+                ));
+            }
+            metrics::counter!("palisade_controller_bans_received_total", "source" => "operator")
+                .increment(1);
+            self.fleet
+                .add_ban(&r.tenant, ban, &who, started)
+                .await
+                .map_err(status_of)?;
+            Ok(Response::new(pb::Empty {}))
+        })
+    }
+
+    async fn lift_ban(&self, req: Request<pb::LiftBanRequest>) -> Reply<pb::Empty> {
+        rpc!("LiftBan", async {
+            let who = self.who(&req, "ban.lift")?;
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            let address = canonical_target(&r.address)?;
+            self.fleet
+                .lift_ban(&r.tenant, &address, &who)
+                .await
+                .map_err(status_of)?;
+            Ok(Response::new(pb::Empty {}))
+        })
+    }
+
+    async fn explain(&self, req: Request<pb::ExplainRequest>) -> Reply<pb::ExplainResponse> {
+        rpc!("Explain", async {
+            self.who(&req, "explain")?;
+            Err(Status::unimplemented(
+                "explain is not implemented by this controller yet",
+            ))
+        })
+    }
+
+    async fn audit(&self, req: Request<pb::AuditRequest>) -> Reply<pb::AuditResponse> {
+        rpc!("Audit", async {
+            self.who(&req, "audit")?;
+            let r = req.into_inner();
+            if !r.tenant.is_empty() {
+                self.tenant_exists(&r.tenant)?;
+            }
+            let limit = match r.limit {
+                0 => 100,
+                n => n.min(10_000),
+            } as usize;
+            let entries = self
+                .fleet
+                .store
+                .audit_log(&r.tenant, limit)
+                .map_err(status_of)?
+                .into_iter()
+                .map(|a| pb::AuditEntry {
+                    at: a.at_micros / 1_000_000,
+                    actor: a.actor,
+                    action: a.action,
+                    detail: a.detail,
+                    refused: a.refused,
+                })
+                .collect();
+            Ok(Response::new(pb::AuditResponse { entries }))
+        })
+    }
+
+    type EventsStream = tokio_stream::Empty<Result<pb::AgentEvent, Status>>;
+
+    async fn events(&self, req: Request<pb::ScopeRef>) -> Reply<Self::EventsStream> {
+        rpc!("Events", async {
+            self.who(&req, "events")?;
+            Err(Status::unimplemented(
+                "the live event stream is not implemented by this controller yet",
+            ))
+        })
+    }
+}

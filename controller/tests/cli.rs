@@ -1,0 +1,282 @@
+//! The two binaries end to end: `palisade-controller run` as a process,
+//! `palisade` against it, and `kill -9` losing nothing acknowledged.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use palisade_controller::sandbox::AgentCreds;
+
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_palisade-controller");
+const CLI: &str = env!("CARGO_BIN_EXE_palisade");
+
+struct Controller {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data: &Path, listen: &str, metrics: Option<u16>) -> Controller {
+    let mut cmd = Command::new(CONTROLLER);
+    cmd.args(["run", "--data"])
+        .arg(data)
+        .args(["--listen", listen])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(m) = metrics {
+        cmd.args(["--metrics-listen", &format!("127.0.0.1:{m}")]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut url = None;
+    let mut text = String::new();
+    for _ in 0..12 {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+        if let Some(u) = line.trim().strip_prefix("URL (in tokens):") {
+            url = Some(u.trim().to_string());
+        }
+        if line.contains("operator access") {
+            break;
+        }
+    }
+    assert!(
+        text.contains("CA certificate:") && text.contains("store:"),
+        "{text}"
+    );
+    Controller {
+        child,
+        url: url.unwrap_or_else(|| panic!("no URL in {text}")),
+    }
+}
+
+fn cli(c: &Controller, cert: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(CLI)
+        .args(["--controller", &c.url, "--cert"])
+        .arg(cert)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(c: &Controller, cert: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = cli(c, cert, args);
+    assert!(ok, "palisade {args:?}: {err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binaries_work_together_and_kill_9_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cert = dir.path().join("alice.pem");
+    let out = Command::new(CONTROLLER)
+        .args(["operator-cert", "--data"])
+        .arg(&data)
+        .args(["--name", "alice", "--out"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let port = free_port();
+    let metrics = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut c = start(&data, &listen, Some(metrics));
+    assert_eq!(c.url, format!("https://127.0.0.1:{port}"));
+
+    let token = ok(
+        &c,
+        &cert,
+        &[
+            "token", "create", "--tenant", "t1", "--site", "a", "--valid", "10m",
+        ],
+    );
+    let token = token.trim();
+    assert!(token.starts_with("pal1."), "{token}");
+    let ca = std::fs::read_to_string(data.join("ca.pem")).unwrap();
+    let agent = AgentCreds::enroll(&c.url, &ca, token, "pbx1")
+        .await
+        .unwrap();
+    let mut s = agent.sync(0, &["198.51.100.1"]).await.unwrap();
+    s.drain(Duration::from_millis(200)).await.unwrap();
+
+    let hosts = ok(&c, &cert, &["hosts", "--tenant", "t1"]);
+    assert!(hosts.contains("t1/a/pbx1\tconnected"), "{hosts}");
+    assert!(hosts.contains("198.51.100.1"), "{hosts}");
+    assert!(ok(&c, &cert, &["tenants"]).contains("t1\ta"));
+
+    // Bans: each acknowledged by the CLI's exit, then kill -9.
+    for i in 1..=30 {
+        ok(
+            &c,
+            &cert,
+            &[
+                "ban",
+                "add",
+                "--tenant",
+                "t1",
+                &format!("203.0.113.{i}"),
+                "--reason",
+                "test",
+                "--for",
+                "1h",
+            ],
+        );
+    }
+    s.wait_until(Duration::from_secs(2), |s| s.bans.len() == 30)
+        .await
+        .unwrap();
+    let bans = ok(&c, &cert, &["bans", "--tenant", "t1"]);
+    assert_eq!(bans.lines().count(), 31, "{bans}");
+    assert!(bans.contains("203.0.113.7\ttest\toperator:alice"), "{bans}");
+
+    // Metrics.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    assert!(
+        page.contains("palisade_controller_connected_agents 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("palisade_controller_bans_received_total"),
+        "{page}"
+    );
+
+    // Invalid policy: refused, clear message, exit status.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "management = [\"not an address\"]\n").unwrap();
+    let (success, _, err) = cli(
+        &c,
+        &cert,
+        &[
+            "policy",
+            "set",
+            "--tenant",
+            "t1",
+            "--site",
+            "a",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert!(!success);
+    assert!(
+        err.contains("refused (InvalidArgument): the policy does not validate"),
+        "{err}"
+    );
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "management = [\"192.0.2.10\"]\n").unwrap();
+    ok(
+        &c,
+        &cert,
+        &[
+            "policy",
+            "set",
+            "--tenant",
+            "t1",
+            "--site",
+            "a",
+            good.to_str().unwrap(),
+        ],
+    );
+    s.wait_until(Duration::from_secs(1), |s| s.policy.is_some())
+        .await
+        .unwrap();
+    assert_eq!(
+        ok(
+            &c,
+            &cert,
+            &["policy", "get", "--tenant", "t1", "--site", "a"]
+        ),
+        "management = [\"192.0.2.10\"]\n"
+    );
+
+    // kill -9, start again: every acknowledged ban is there.
+    c.child.kill().unwrap();
+    c.child.wait().unwrap();
+    drop(c);
+    let c = start(&data, &listen, None);
+    let bans = ok(&c, &cert, &["bans", "--tenant", "t1"]);
+    assert_eq!(bans.lines().count(), 31, "{bans}");
+    assert!(ok(
+        &c,
+        &cert,
+        &["policy", "get", "--tenant", "t1", "--site", "a"]
+    )
+    .contains("192.0.2.10"));
+    // The agent resumes without a snapshot.
+    let rev = s.revision;
+    let mut s = agent.sync(rev, &["198.51.100.1"]).await.unwrap();
+    assert!(!s.welcome.snapshot);
+    assert!(s
+        .drain(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_empty());
+
+    ok(&c, &cert, &["ban", "lift", "--tenant", "t1", "203.0.113.1"]);
+    s.wait_until(Duration::from_secs(1), |s| s.log.iter().any(|m| matches!(&m.body, Some(palisade_proto::v1::controller_message::Body::Bans(d)) if d.lifted == ["203.0.113.1"]))).await.unwrap();
+    ok(&c, &cert, &["host", "revoke", "t1", "a", "pbx1"]);
+    let st = s.ended(Duration::from_secs(1)).await.expect("cut");
+    assert_eq!(st.code(), tonic::Code::PermissionDenied);
+    let audit = ok(&c, &cert, &["audit", "--tenant", "t1"]);
+    for action in [
+        "host.revoke",
+        "ban.lift",
+        "ban.add",
+        "policy.set (refused)",
+        "host.enroll",
+        "token.create",
+    ] {
+        assert!(audit.contains(action), "{action}: {audit}");
+    }
+    // A reused token from the CLI's point of view.
+    let err = AgentCreds::enroll(&c.url, &ca, token, "pbx2")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.message().contains("already used"));
+    // No credentials: a clear error.
+    let out = Command::new(CLI)
+        .args(["--controller", &c.url, "tenants"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cert FILE"));
+}
