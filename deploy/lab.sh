@@ -1,25 +1,53 @@
 #!/usr/bin/env bash
-# The Palisade lab: a PBX, a LAN phone and an internet host in three network
-# namespaces, with the agent enforcing its policy on the PBX.
+# The Palisade lab: the controller and two sites of one tenant, a phone and an
+# attacker, each in its own network namespace.
 #
-#   sudo ./deploy/lab.sh                  build the agent, start the lab, stay in the
-#                                         foreground; Ctrl-C stops and removes it
+#   sudo ./deploy/lab.sh                  build, start the controller and the lab, print
+#                                         what to try, stay in the foreground showing the
+#                                         agents' and the controller's logs; Ctrl-C stops
+#                                         and removes everything
 #   sudo ./deploy/lab.sh down             remove a lab (also one left behind)
-#   sudo ./deploy/lab.sh agent ARGS...    run palisade-agent ARGS in the PBX namespace,
-#                                         with the lab's config and state
+#   sudo ./deploy/lab.sh agent [hq|branch] ARGS...
+#                                         run palisade-agent ARGS at a site (default hq),
+#                                         with that site's config and state
+#   sudo ./deploy/lab.sh palisade ARGS... run the operator CLI against the lab's controller
+#   sudo ./deploy/lab.sh attack [N]       svcrack (N passwords, default 2000) from the
+#                                         attacker against hq: when the ban is in force at
+#                                         hq, and when it reaches branch
+#   sudo ./deploy/lab.sh register [USER [PASSWORD]]
+#                                         register a phone at hq with sipp (default 300 and
+#                                         its password; a wrong password fails)
 #   sudo ./deploy/lab.sh probe FROM ADDR PORT/PROTO
-#                                         connect from FROM (lan, inet or pbx) to
-#                                         ADDR PORT/PROTO; exit 0 when it answers
+#                                         connect from FROM (phone, attacker, hq, branch or
+#                                         wan) to ADDR PORT/PROTO; exit 0 when it answers
+#
+# The lab, tenant acme:
+#
+#   pal-wan       the internet between the others (it routes); palisade-controller on
+#                 10.210.0.1:7443 with its sled store and CA under the lab directory
+#   pal-hq        site hq's PBX: Kamailio as registrar (users 300, 301, 333) and
+#                 palisade-agent enrolled as acme/hq/pbx-hq; wan0 10.210.1.2, lan0 10.210.10.1
+#   pal-branch    site branch's PBX: Kamailio and palisade-agent enrolled as
+#                 acme/branch/pbx-branch; wan0 10.210.2.2
+#   pal-phone     a desk phone on hq's LAN (zone local there); 10.210.10.2
+#   pal-attacker  somebody on the internet; 10.210.3.2
+#
+# IPv6 too where the kernel allows it (fd00:210:N::/64). Kamailio, sipp and
+# SIPVicious are optional: what is missing is said, and the lab runs without it
+# (without Kamailio a stub listener answers on 5060 and nothing registers).
 #
 # Nothing outside the namespaces is touched: the links are created from inside
-# them (no interface ever appears in the root namespace), the agent's nft calls
-# run in the PBX namespace, and the host's own firewall is never read or changed.
-# It installs nothing; it needs root, iproute2, nftables, python3 and cargo.
+# them (no interface ever appears in the root namespace), every address and
+# route is inside a namespace made here, nft runs only in those, and the host's
+# own firewall is never read or changed. It installs nothing; it needs root,
+# iproute2, nftables, python3 and cargo.
 #
 # Environment:
-#   PALISADE_AGENT     use this palisade-agent binary instead of building one
-#   PALISADE_LAB_DIR   config and state of the lab (default /run/palisade-lab)
-#   RUST_LOG           the agent's log filter (default info)
+#   PALISADE_BIN_DIR   use palisade-agent, palisade-controller and palisade from this
+#                      directory instead of building them
+#   PALISADE_LAB_DIR   config, state, logs and the controller's data (default
+#                      /run/palisade-lab; removed with the lab)
+#   RUST_LOG           the agents' and the controller's log filter (default info)
 
 set -euo pipefail
 
@@ -35,103 +63,51 @@ case $LAB in
     ;;
 esac
 
-NS_PBX=pal-pbx
-NS_LAN=pal-lan
-NS_INET=pal-inet
-NAMESPACES=("$NS_PBX" "$NS_LAN" "$NS_INET")
+HELPER=$REPO/deploy/lab/lab.py
+# The registrar and the phone are the end-to-end tests' own (tests/src/sip.rs).
+REGISTRAR_CFG=$REPO/tests/sip/registrar.cfg
+REGISTER_XML=$REPO/tests/sip/register.xml
 
-# pal-pbx lan0 <-> pal-lan eth0: the LAN, zone local in the policy.
-PBX_LAN4=10.210.1.1
-LAN4=10.210.1.2
-PBX_LAN6=fd00:210:1::1
-LAN6=fd00:210:1::2
-# pal-pbx inet0 <-> pal-inet eth0: assigned to no zone, so zone internet.
-PBX_INET4=10.210.2.1
-INET4=10.210.2.2
-PBX_INET6=fd00:210:2::1
-INET6=fd00:210:2::2
+NS_WAN="pal-wan"
+NS_HQ="pal-hq"
+NS_BRANCH="pal-branch"
+NS_PHONE="pal-phone"
+NS_ATTACKER="pal-attacker"
+NAMESPACES=("$NS_WAN" "$NS_HQ" "$NS_BRANCH" "$NS_PHONE" "$NS_ATTACKER")
+# The namespaces of the lab before the controller, removed by `down` and `up`.
+OLD_NAMESPACES=(pal-pbx pal-lan pal-inet)
 
-# What the PBX namespace listens on: the ports of some catalogue services.
-TCP_PORTS=(22 80 5060 8089)
-UDP_PORTS=(4569 5060 10000)
+TENANT=acme
+SITES=(hq branch)
+declare -A SITE_NS=([hq]=$NS_HQ [branch]=$NS_BRANCH)
 
-# Listener and probe: answers every TCP connection with one line and echoes UDP.
-IFS= read -r -d '' LAB_PY <<'PY' || true
-import selectors, socket, sys
+# The controller: on pal-wan's loopback, reached by every namespace through its route.
+CTL4=10.210.0.1
+CTL_PORT=7443
+URL=https://$CTL4:$CTL_PORT
+# pal-wan hq0 <-> pal-hq wan0
+WAN_HQ4=10.210.1.1 WAN_HQ6=fd00:210:1::1
+HQ4=10.210.1.2 HQ6=fd00:210:1::2
+# pal-wan branch0 <-> pal-branch wan0
+WAN_BRANCH4=10.210.2.1 WAN_BRANCH6=fd00:210:2::1
+BRANCH4=10.210.2.2 BRANCH6=fd00:210:2::2
+# pal-wan attacker0 <-> pal-attacker eth0
+WAN_ATTACKER4=10.210.3.1 WAN_ATTACKER6=fd00:210:3::1
+ATTACKER4=10.210.3.2 ATTACKER6=fd00:210:3::2
+# pal-hq lan0 <-> pal-phone eth0: hq's LAN, zone local in hq's policy.
+HQ_LAN4=10.210.10.1 HQ_LAN6=fd00:210:10::1
+PHONE4=10.210.10.2 PHONE6=fd00:210:10::2
+PHONE_NET4=10.210.10.0/24 PHONE_NET6=fd00:210:10::/64
 
-def peer_of(addr):
-    a = addr[0]
-    return a[7:] if a.startswith("::ffff:") else a
+# The registrar's users, as in the end-to-end tests (tests/src/sip.rs USERS).
+USERS=(300 301 333)
+declare -A PASSWORD=([300]=Tr0ub4dor-300 [301]=c0rrect-h0rse-301 [333]=b4ttery-st4ple-333)
+REALM=palisade.lab
+PHONE_UA="Yealink SIP-T46S 66.86.0.15"
 
-def bind(kind, port):
-    try:
-        s = socket.socket(socket.AF_INET6, kind)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        where = ("::", port)
-    except OSError:
-        s = socket.socket(socket.AF_INET, kind)
-        where = ("0.0.0.0", port)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(where)
-    if kind == socket.SOCK_STREAM:
-        s.listen(64)
-    s.setblocking(False)
-    return s
-
-def serve(tcp, udp):
-    sel = selectors.DefaultSelector()
-    for p in tcp:
-        sel.register(bind(socket.SOCK_STREAM, p), selectors.EVENT_READ, ("tcp", p))
-    for p in udp:
-        sel.register(bind(socket.SOCK_DGRAM, p), selectors.EVENT_READ, ("udp", p))
-    while True:
-        for key, _ in sel.select():
-            proto, port = key.data
-            s = key.fileobj
-            try:
-                if proto == "tcp":
-                    c, peer = s.accept()
-                    c.settimeout(1)
-                    c.sendall(f"palisade-lab {port}/tcp: hello {peer_of(peer)}\n".encode())
-                    c.close()
-                else:
-                    data, peer = s.recvfrom(2048)
-                    s.sendto(f"palisade-lab {port}/udp: echo ".encode() + data[:200], peer)
-            except OSError:
-                pass
-
-def probe(addr, spec, timeout):
-    port, proto = spec.split("/")
-    port = int(port)
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(family, kind)
-    s.settimeout(timeout)
-    what = f"{addr} {port}/{proto}"
-    try:
-        if proto == "tcp":
-            s.connect((addr, port))
-            reply = s.recv(200)
-        else:
-            s.sendto(b"probe", (addr, port))
-            reply, _ = s.recvfrom(2048)
-    except socket.timeout:
-        print(f"{what}: no answer within {timeout:g}s (dropped)")
-        return 1
-    except ConnectionRefusedError:
-        print(f"{what}: refused (reachable, nothing listening)")
-        return 2
-    except OSError as e:
-        print(f"{what}: {e.strerror or e}")
-        return 3
-    print(f"{what}: open -> {reply.decode(errors='replace').strip()}")
-    return 0
-
-if sys.argv[1] == "serve":
-    serve([int(p) for p in sys.argv[2].split(",")], [int(p) for p in sys.argv[3].split(",")])
-else:
-    sys.exit(probe(sys.argv[2], sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 2.0))
-PY
+# What each PBX namespace listens on besides SIP: ports of some catalogue services.
+TCP_PORTS=(22 80 8089)
+UDP_PORTS=(4569 10000)
 
 log() { printf 'lab: %s\n' "$*" >&2; }
 die() {
@@ -153,7 +129,7 @@ require_tools() {
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
     ((${#missing[@]} == 0)) ||
-        die "missing: ${missing[*]} (on Debian: apt-get install nftables iproute2 python3)"
+        die "missing: ${missing[*]} (on Debian: apt-get install nftables iproute2 python3 util-linux coreutils)"
 }
 
 ns_exists() { [[ -e /run/netns/$1 ]]; }
@@ -162,12 +138,12 @@ ns_exists() { [[ -e /run/netns/$1 ]]; }
 remove_ns() {
     local ns=$1 pid i
     ns_exists "$ns" || return 0
-    for i in 1 2 3; do
+    for i in 1 2 3 4; do
         local pids
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         [[ -z $pids ]] && break
         for pid in $pids; do
-            kill "$([[ $i -lt 3 ]] && echo -TERM || echo -KILL)" "$pid" 2>/dev/null || true
+            kill "$([[ $i -lt 4 ]] && echo -TERM || echo -KILL)" "$pid" 2>/dev/null || true
         done
         sleep 0.5
     done
@@ -185,64 +161,78 @@ running_lab() {
 }
 
 # Stops a running lab (it tears itself down), then removes whatever is left.
+# Returns 1 when there was nothing to remove.
 down() {
     local pid i found=0
     if pid=$(running_lab); then
         found=1
         log "stopping the lab running as pid $pid"
         kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 50); do
+        for i in $(seq 75); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.2
         done
         kill -KILL "$pid" 2>/dev/null || true
     fi
     local ns
-    for ns in "${NAMESPACES[@]}"; do
+    for ns in "${NAMESPACES[@]}" "${OLD_NAMESPACES[@]}"; do
         if ns_exists "$ns"; then
             found=1
             remove_ns "$ns"
         fi
     done
+    [[ -e $LAB ]] && found=1
     rm -rf "$LAB"
     return $((found == 0))
 }
 
-# Builds the agent as the owner of the checkout, so target/ never gets root-owned
-# files; sets AGENT.
-build_agent() {
-    if [[ -n ${PALISADE_AGENT:-} ]]; then
-        AGENT=$(realpath "$PALISADE_AGENT")
-        [[ -x $AGENT ]] || die "PALISADE_AGENT=$PALISADE_AGENT is not an executable"
-        return
-    fi
-    local owner home
-    owner=$(stat -c %U "$REPO")
-    if [[ $owner != root && $owner != UNKNOWN ]] && command -v runuser >/dev/null 2>&1; then
-        home=$(getent passwd "$owner" | cut -d: -f6)
-        log "building the agent as $owner: cargo build -p palisade-agent"
-        (cd "$REPO" && runuser -u "$owner" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
-            cargo build -p palisade-agent) || die "the build failed"
-    else
-        if ! command -v cargo >/dev/null 2>&1; then
-            local h
-            for h in "$HOME" /root "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)"; do
-                if [[ -n $h && -x $h/.cargo/bin/cargo ]]; then
-                    PATH=$h/.cargo/bin:$PATH
-                    [[ -n ${RUSTUP_HOME:-} || -d $HOME/.rustup || ! -d $h/.rustup ]] ||
-                        export RUSTUP_HOME=$h/.rustup
-                    break
-                fi
-            done
+# Puts cargo on PATH when sudo left it out.
+find_cargo() {
+    command -v cargo >/dev/null 2>&1 && return 0
+    local h
+    for h in "$HOME" /root "$(getent passwd "${SUDO_USER:-root}" | cut -d: -f6)"; do
+        if [[ -n $h && -x $h/.cargo/bin/cargo ]]; then
+            PATH=$h/.cargo/bin:$PATH
+            [[ -n ${RUSTUP_HOME:-} || -d $HOME/.rustup || ! -d $h/.rustup ]] ||
+                export RUSTUP_HOME=$h/.rustup
+            return 0
         fi
-        command -v cargo >/dev/null 2>&1 ||
-            die "cargo not found; install Rust, or point PALISADE_AGENT at a built palisade-agent"
-        log "building the agent: cargo build -p palisade-agent"
-        (cd "$REPO" && cargo build -p palisade-agent) || die "the build failed"
+    done
+    return 1
+}
+
+# Builds the agent and the controller (debug, like the tests) as the owner of
+# the checkout, so target/ never gets root-owned files; sets BIN.
+build() {
+    local names=(palisade-agent palisade-controller palisade) n
+    if [[ -n ${PALISADE_BIN_DIR:-} ]]; then
+        BIN=$(realpath "$PALISADE_BIN_DIR")
+    else
+        local owner home cmd=(cargo build -p palisade-agent -p palisade-controller)
+        owner=$(stat -c %U "$REPO")
+        if [[ $owner != root && $owner != UNKNOWN ]] && command -v runuser >/dev/null 2>&1; then
+            home=$(getent passwd "$owner" | cut -d: -f6)
+            log "building as $owner: ${cmd[*]}"
+            (cd "$REPO" && runuser -u "$owner" -- env HOME="$home" PATH="$home/.cargo/bin:$PATH" \
+                "${cmd[@]}") || die "the build failed"
+        else
+            find_cargo ||
+                die "cargo not found; install Rust, or point PALISADE_BIN_DIR at built binaries"
+            log "building: ${cmd[*]}"
+            (cd "$REPO" && "${cmd[@]}") || die "the build failed"
+        fi
+        BIN=${CARGO_TARGET_DIR:-$REPO/target}/debug
+        [[ $BIN == /* ]] || BIN=$REPO/$BIN
     fi
-    AGENT=${CARGO_TARGET_DIR:-$REPO/target}/debug/palisade-agent
-    [[ $AGENT == /* ]] || AGENT=$REPO/$AGENT
-    [[ -x $AGENT ]] || die "no binary at $AGENT after the build"
+    for n in "${names[@]}"; do
+        [[ -x $BIN/$n ]] || die "no $n in $BIN"
+    done
+}
+
+# BIN of the running lab, for the subcommands.
+lab_bin() {
+    [[ -r $LAB/bin ]] || die "the lab is not running (start it with sudo $SELF)"
+    BIN=$(<"$LAB/bin")
 }
 
 # Writes a sysctl of namespace $1 without needing procps.
@@ -263,52 +253,147 @@ new_ns() {
     ip -n "$ns" link set lo up
 }
 
-# One link between the PBX and a peer namespace, created inside the PBX namespace.
+# One veth link, created inside namespace $1; the far end gets a default route
+# via the near end when $9 is "route".
 link() {
-    local pbx_if=$1 peer_ns=$2 pbx4=$3 peer4=$4 pbx6=$5 peer6=$6
-    ip -n "$NS_PBX" link add "$pbx_if" type veth peer name eth0 netns "$peer_ns"
-    ip -n "$NS_PBX" addr add "$pbx4/24" dev "$pbx_if"
-    ip -n "$peer_ns" addr add "$peer4/24" dev eth0
+    local a=$1 a_if=$2 a4=$3 a6=$4 b=$5 b_if=$6 b4=$7 b6=$8 route=${9:-}
+    ip -n "$a" link add "$a_if" type veth peer name "$b_if" netns "$b"
+    ip -n "$a" addr add "$a4/24" dev "$a_if"
+    ip -n "$b" addr add "$b4/24" dev "$b_if"
     if ((IPV6)); then
-        ip -n "$NS_PBX" addr add "$pbx6/64" dev "$pbx_if" nodad
-        ip -n "$peer_ns" addr add "$peer6/64" dev eth0 nodad
+        ip -n "$a" addr add "$a6/64" dev "$a_if" nodad
+        ip -n "$b" addr add "$b6/64" dev "$b_if" nodad
     fi
-    ip -n "$NS_PBX" link set "$pbx_if" up
-    ip -n "$peer_ns" link set eth0 up
-    ip -n "$peer_ns" route add default via "$pbx4"
-    if ((IPV6)); then
-        ip -n "$peer_ns" -6 route add default via "$pbx6"
+    ip -n "$a" link set "$a_if" up
+    ip -n "$b" link set "$b_if" up
+    if [[ $route == route ]]; then
+        ip -n "$b" route add default via "$a4"
+        if ((IPV6)); then
+            ip -n "$b" -6 route add default via "$a6"
+        fi
     fi
 }
 
-write_config() {
-    cat >"$LAB/agent.toml" <<EOF
-# The lab's policy. Edit it, then reload the agent with
-#   sudo kill -HUP \$(cat $LAB/agent.pid)
+# The addresses a site's PBX has (and its registrar listens on).
+site_addrs() {
+    case $1 in
+    hq) echo "$HQ4 $HQ_LAN4" ;;
+    branch) echo "$BRANCH4" ;;
+    esac
+    if ((IPV6)); then
+        case $1 in
+        hq) echo "$HQ6 $HQ_LAN6" ;;
+        branch) echo "$BRANCH6" ;;
+        esac
+    fi
+}
+
+# Starts a command in a namespace in its own session, so that Ctrl-C reaches
+# only this script, which then stops it in order. setsid and `ip netns exec`
+# exec rather than fork, so $! is the command itself. Output goes to file $2.
+spawn() {
+    local ns=$1 out=$2
+    shift 2
+    setsid ip netns exec "$ns" "$@" </dev/null >>"$out" 2>&1 &
+}
+
+# Kamailio as the site's registrar, with the tests' config (tests/sip/registrar.cfg).
+start_registrar() {
+    local site=$1 ns=${SITE_NS[$1]} dir=$LAB/$1 modules addr proto
+    modules=$(compgen -G '/usr/lib/*/kamailio/modules' | head -n1 || true)
+    [[ -n $modules ]] || modules=/usr/lib/kamailio/modules
+    mkdir -p "$dir/kamailio" "$dir/kamailio-run"
+    # Only the config and the address list in this directory: the agent's
+    # discovery reads and watches it.
+    printf '# group address netmask port tag\n' >"$dir/kamailio/address.list"
+    local listen="" users="" user cfg
+    for addr in $(site_addrs "$site"); do
+        [[ $addr == *:* ]] && addr="[$addr]"
+        for proto in udp tcp; do
+            listen+="listen=$proto:$addr:5060"$'\n'
+        done
+    done
+    for user in "${USERS[@]}"; do
+        users+=$'\t'"\$sht(users=>$user) = \"${PASSWORD[$user]}\";"$'\n'
+    done
+    cfg=$(<"$REGISTRAR_CFG")
+    cfg=${cfg//"@LISTEN@"/"$listen"}
+    cfg=${cfg//"@USERS@"/"${users%$'\n'}"}
+    cfg=${cfg//"@REALM@"/"$REALM"}
+    cfg=${cfg//"@MODULES@"/"$modules/"}
+    cfg=${cfg//"@CHILDREN@"/2}
+    cfg=${cfg//"@ADDRESS_FILE@"/"$dir/kamailio/address.list"}
+    printf '%s\n' "$cfg" >"$dir/kamailio/kamailio.cfg"
+    spawn "$ns" "$dir/kamailio.log" kamailio -f "$dir/kamailio/kamailio.cfg" -DD -E \
+        -Y "$dir/kamailio-run" -P "$dir/kamailio.pid" -m 64 -M 8
+    PIDS+=($!)
+    NAMES[$!]="kamailio at $site"
+    local first i
+    first=$(site_addrs "$site" | head -n1 | cut -d' ' -f1)
+    for i in $(seq 50); do
+        ip netns exec "$ns" python3 "$HELPER" options "$first" 0.2 >/dev/null 2>&1 && return 0
+        kill -0 "$!" 2>/dev/null ||
+            die "kamailio at $site exited; $dir/kamailio.log ends with:
+$(tail -n 20 "$dir/kamailio.log")"
+    done
+    die "kamailio at $site did not answer within 10s; $dir/kamailio.log ends with:
+$(tail -n 20 "$dir/kamailio.log")"
+}
+
+start_listener() {
+    local site=$1 tcp udp
+    tcp=("${TCP_PORTS[@]}")
+    udp=("${UDP_PORTS[@]}")
+    if ((!HAVE_KAMAILIO)); then
+        tcp+=(5060)
+        udp+=(5060)
+    fi
+    spawn "${SITE_NS[$site]}" "$LAB/$site/listener.log" python3 "$HELPER" serve \
+        "$(IFS=,; echo "${tcp[*]}")" "$(IFS=,; echo "${udp[*]}")"
+    PIDS+=($!)
+    NAMES[$!]="the listener at $site"
+}
+
+write_agent_config() {
+    local site=$1 dir=$LAB/$1
+    mkdir -p "$dir/state" "$dir/absent"
+    {
+        cat <<EOF
+# Site $site's agent. Edit it, then reload the agent with
+#   sudo kill -HUP \$(cat $dir/agent.pid)
 # or apply it with a rollback deadline:
-#   sudo $SELF agent apply --confirm-within 1m $LAB/agent.toml
-# The full list of options is in deploy/agent.toml.
+#   sudo $SELF agent $site apply --confirm-within 1m $dir/agent.toml
+# The full list of options is in deploy/agent.toml. While the controller pushes
+# no policy for the site, this file's policy is the one in force.
 
 [agent]
-state_dir = "$LAB/state"
-metrics_listen = "127.0.0.1:9464"   # inside $NS_PBX
+state_dir = "$dir/state"
+metrics_listen = "127.0.0.1:9464"   # inside ${SITE_NS[$site]}
 check_interval = "10s"
 
-# The agent reads this lab's demo Asterisk configuration (not the host's):
-# edit $LAB/asterisk/pjsip.conf and watch \`$SELF agent show\` follow it.
+# The agent reads this site's registrar configuration, not the host's.
 [agent.discovery]
-asterisk = "$LAB/asterisk"
-freeswitch = "$LAB/absent"
-kamailio = "$LAB/absent"
-
-# The LAN phone's network is the local zone; the internet host is in no zone,
-# so it is in zone internet.
-[zones.local]
-networks = ["10.210.1.0/24", "fd00:210:1::/64"]
 EOF
-    mkdir -p "$LAB/asterisk"
-    cat >"$LAB/asterisk/pjsip.conf" <<EOF
-; The lab PBX's PJSIP configuration: the agent opens what it needs from it.
+        if ((HAVE_KAMAILIO)); then
+            printf 'kamailio = "%s"\nasterisk = "%s"\n' "$dir/kamailio" "$dir/absent"
+        else
+            printf 'kamailio = "%s"\nasterisk = "%s"\n' "$dir/absent" "$dir/asterisk"
+        fi
+        printf 'freeswitch = "%s"\n' "$dir/absent"
+        if [[ $site == hq ]]; then
+            cat <<EOF
+
+# hq's LAN (the phone) is the local zone; everyone else is in zone internet,
+# except the tenant's other sites, which the controller makes trusted peers.
+[zones.local]
+networks = ["$PHONE_NET4", "$PHONE_NET6"]
+EOF
+        fi
+    } >"$dir/agent.toml"
+    if ((!HAVE_KAMAILIO)); then
+        mkdir -p "$dir/asterisk"
+        cat >"$dir/asterisk/pjsip.conf" <<EOF
+; Without Kamailio, the agent reads this stub PBX configuration instead.
 [transport-udp]
 type=transport
 protocol=udp
@@ -318,22 +403,80 @@ bind=0.0.0.0:5060
 type=transport
 protocol=tcp
 bind=0.0.0.0:5060
-
-; The internet host is this PBX's SIP trunk when it comes over IPv6.
-[carrier]
-type=endpoint
-context=from-trunk
-aors=carrier
-
-[carrier]
-type=aor
-contact=sip:[$INET6]:5060
-
-[carrier-identify]
-type=identify
-endpoint=carrier
-match=$INET6
 EOF
+    fi
+}
+
+# The operator CLI against the lab's controller, from pal-wan.
+operator() {
+    ip netns exec "$NS_WAN" "$BIN/palisade" --controller "$URL" --cert "$LAB/operator.pem" "$@"
+}
+
+agent_cli() {
+    local site=$1
+    shift
+    ip netns exec "${SITE_NS[$site]}" "$BIN/palisade-agent" --config "$LAB/$site/agent.toml" "$@"
+}
+
+start_controller() {
+    mkdir -p "$LAB/controller"
+    "$BIN/palisade-controller" operator-cert --data "$LAB/controller" --name lab \
+        --out "$LAB/operator.pem" >"$LAB/controller.log" 2>&1 ||
+        die "palisade-controller operator-cert failed: $(<"$LAB/controller.log")"
+    spawn "$NS_WAN" "$LAB/controller.log" env RUST_LOG="${RUST_LOG:-info}" \
+        "$BIN/palisade-controller" run --data "$LAB/controller" --listen "0.0.0.0:$CTL_PORT" \
+        --name "$CTL4" --url "$URL" --metrics-listen "127.0.0.1:9465"
+    CONTROLLER_PID=$!
+    PIDS+=($!)
+    NAMES[$!]="the controller"
+    local i
+    for i in $(seq 150); do
+        operator tenants >/dev/null 2>&1 && return 0
+        kill -0 "$CONTROLLER_PID" 2>/dev/null ||
+            die "the controller exited; $LAB/controller.log ends with:
+$(tail -n 20 "$LAB/controller.log")"
+        sleep 0.1
+    done
+    die "the controller did not answer within 15s; $LAB/controller.log ends with:
+$(tail -n 20 "$LAB/controller.log")"
+}
+
+# Enrols a site's agent with a fresh token, then starts its daemon.
+start_agent() {
+    local site=$1 ns=${SITE_NS[$1]} dir=$LAB/$1 token out
+    token=$(operator token create --tenant "$TENANT" --site "$site" --valid 10m 2>/dev/null) ||
+        die "palisade token create --tenant $TENANT --site $site failed: $(operator token create --tenant "$TENANT" --site "$site" 2>&1 >/dev/null)"
+    out=$(agent_cli "$site" enroll --token "$token" --hostname "pbx-$site" 2>&1) ||
+        die "palisade-agent enroll at $site failed: $out"
+    log "$site: $out"
+    spawn "$ns" "$dir/agent.log" env RUST_LOG="${RUST_LOG:-info}" \
+        "$BIN/palisade-agent" --config "$dir/agent.toml" run
+    PIDS+=($!)
+    NAMES[$!]="the agent at $site"
+    echo "$!" >"$dir/agent.pid"
+    local pid=$! i
+    for i in $(seq 100); do
+        ip netns exec "$ns" nft list table inet palisade >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null ||
+            die "the agent at $site exited before loading its table; $dir/agent.log ends with:
+$(tail -n 20 "$dir/agent.log")"
+        sleep 0.1
+    done
+    die "the agent at $site did not load its table within 10s"
+}
+
+# Waits until every site's agent holds a sync stream with the controller.
+wait_connected() {
+    local i out
+    for i in $(seq 150); do
+        out=$(operator hosts --tenant "$TENANT" 2>/dev/null || true)
+        if [[ $(grep -c $'\tconnected\t' <<<"$out") -ge ${#SITES[@]} ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    log "not every agent is connected after 15s:"
+    printf '%s\n' "$out" >&2
 }
 
 cleanup() {
@@ -341,11 +484,19 @@ cleanup() {
     trap - EXIT INT TERM HUP
     log "stopping and removing the lab"
     local pid
-    for pid in "${AGENT_PID:-}" "${LISTENER_PID:-}"; do
-        if [[ -n $pid ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
+    for pid in "${VIEWERS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
     done
-    for pid in "${AGENT_PID:-}" "${LISTENER_PID:-}"; do
-        if [[ -n $pid ]]; then wait "$pid" 2>/dev/null || true; fi
+    # The agents first (their rulesets stay, and go with their namespaces),
+    # then the registrars, listeners and the controller.
+    for pid in "${PIDS[@]}"; do
+        if [[ ${NAMES[$pid]:-} == "the agent at"* ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}" "${VIEWERS[@]}"; do
+        wait "$pid" 2>/dev/null || true
     done
     local ns
     for ns in "${NAMESPACES[@]}"; do
@@ -357,8 +508,8 @@ cleanup() {
 }
 
 try() {
-    if [[ -n $2 ]]; then
-        printf '  %-58s # %s\n' "$1" "$2"
+    if [[ -n ${2:-} ]]; then
+        printf '  %s\n      # %s\n' "$1" "$2"
     else
         printf '  %s\n' "$1"
     fi
@@ -366,108 +517,302 @@ try() {
 
 smoke() {
     local from=$1 ns=$2 addr=$3 spec=$4 out
-    out=$(ip netns exec "$ns" python3 "$LAB/lab.py" probe "$addr" "$spec" 1 || true)
-    printf '  %-5s -> %s\n' "$from" "$out"
+    if [[ $spec == sip ]]; then
+        out=$(ip netns exec "$ns" python3 "$HELPER" options "$addr" 1 || true)
+    else
+        out=$(ip netns exec "$ns" python3 "$HELPER" probe "$addr" "$spec" 1 || true)
+    fi
+    printf '  %-8s -> %s\n' "$from" "$out"
+}
+
+# The sipp command line that registers USER with PASSWORD from the phone.
+register_cmd() {
+    local user=$1 pass=$2 sipp
+    sipp=$(command -v sipp || echo sipp)
+    shell_words ip netns exec "$NS_PHONE" "$sipp" -sf "$REGISTER_XML" -t u1 -i "$PHONE4" -p 5062 \
+        -s "$user" -au "$user" -ap "$pass" -key ua "$PHONE_UA" -key expires 600 \
+        -m 1 -recv_timeout 4000 -default_behaviors all,-bye -nostdin "$HQ_LAN4:5060"
+}
+
+register() {
+    local user=${1:-300} pass out status=0
+    pass=${2:-${PASSWORD[$user]:-}}
+    [[ -n $pass ]] || die "no password for user $user (the users are ${USERS[*]})"
+    command -v sipp >/dev/null 2>&1 || die "sipp is not installed (apt-get install sip-tester)"
+    ns_exists "$NS_PHONE" || die "the lab is not running (start it with sudo $SELF)"
+    mkdir -p "$LAB/phone"
+    local cmd
+    cmd=$(register_cmd "$user" "$pass")
+    out=$(cd "$LAB/phone" && eval "timeout -k 5 20 $cmd" 2>&1) || status=$?
+    if ((status == 0)); then
+        echo "phone $PHONE4: registered $user at hq ($HQ_LAN4:5060), expires in 600s"
+    else
+        local why
+        why=$(grep -o "received '[^']*" <<<"$out" | head -n1 | sed "s/^received '//")
+        echo "phone $PHONE4: registering $user at hq failed (sipp exit $status): ${why:-no answer}"
+    fi
+    return "$status"
+}
+
+has_elem() { # NS SET ADDR
+    ip netns exec "$1" nft list set inet palisade "$2" 2>/dev/null | grep -qw -- "$3"
+}
+
+show_elem() { # NS SET ADDR
+    ip netns exec "$1" nft list set inet palisade "$2" 2>/dev/null |
+        grep -o -- "$3[^,}]*" | head -n1 | sed 's/^/      /'
+}
+
+now() { date +%s.%N; }
+
+# Prints its arguments as one shell command line, quoting only what needs it.
+shell_words() {
+    local a out=()
+    for a in "$@"; do
+        if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+            out+=("$a")
+        else
+            out+=("'${a//\'/\'\\\'\'}'")
+        fi
+    done
+    printf '%s' "${out[*]}"
+}
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+
+svcrack_cmd() {
+    local dict=$1 svcrack
+    svcrack=$(command -v sipvicious_svcrack || echo sipvicious_svcrack)
+    shell_words ip netns exec "$NS_ATTACKER" "$svcrack" -u 300 -d "$dict" \
+        -x "$ATTACKER4" -b "$ATTACKER4" -P 5060 -p 5060 --maximumtime 5 "$HQ4"
+}
+
+attack() {
+    local n=${1:-2000}
+    [[ $n =~ ^[0-9]+$ ]] || die "usage: $SELF attack [PASSWORDS]"
+    command -v sipvicious_svcrack >/dev/null 2>&1 ||
+        die "sipvicious_svcrack is not installed (python3 -m pip install sipvicious==0.3.8)"
+    ns_exists "$NS_ATTACKER" || die "the lab is not running (start it with sudo $SELF)"
+    mkdir -p "$LAB/attacker"
+    local dict=$LAB/attacker/dictionary.txt
+    seq 100000 $((100000 + n - 1)) >"$dict"
+    if has_elem "$NS_HQ" ban_v4 "$ATTACKER4"; then
+        echo "$ATTACKER4 is banned at hq already; lift it first:"
+        echo "  sudo $SELF palisade ban lift --tenant $TENANT $ATTACKER4"
+        echo "  sudo $SELF agent hq unban $ATTACKER4"
+        return 1
+    fi
+    local cmd t0 t_hq="" t_branch="" t_end="" pid
+    cmd=$(svcrack_cmd "$dict")
+    echo "attacker $ATTACKER4: svcrack against user 300 at hq ($HQ4), $n passwords:"
+    echo "  $cmd"
+    t0=$(now)
+    (cd "$LAB/attacker" && eval "timeout -k 5 $((n / 50 + 60)) $cmd" >"$LAB/attacker/svcrack.log" 2>&1) &
+    pid=$!
+    while [[ -z $t_hq || -z $t_branch ]]; do
+        if [[ -z $t_hq ]] && has_elem "$NS_HQ" ban_v4 "$ATTACKER4"; then
+            t_hq=$(now)
+        fi
+        if [[ -z $t_branch ]] && has_elem "$NS_BRANCH" ban_shared_v4 "$ATTACKER4"; then
+            t_branch=$(now)
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            # svcrack is done: give the ban and its fan-out 5 s more at most.
+            [[ -n $t_end ]] || t_end=$(now)
+            (($(awk -v a="$t_end" -v b="$(now)" 'BEGIN { print (b - a > 5) }'))) && break
+        fi
+        sleep 0.02
+    done
+    if [[ -n $t_hq ]]; then
+        echo "banned at hq after $(elapsed "$t0" "$t_hq")s (in ban_v4):"
+        show_elem "$NS_HQ" ban_v4 "$ATTACKER4"
+    else
+        echo "not banned at hq"
+    fi
+    if [[ -n $t_branch ]]; then
+        local lag
+        lag=$(awk -v a="${t_hq:-$t0}" -v b="$t_branch" 'BEGIN { printf "%d", (b - a) * 1000 }')
+        echo "in branch's kernel ${lag} ms later (in ban_shared_v4, polled every ~50 ms):"
+        show_elem "$NS_BRANCH" ban_shared_v4 "$ATTACKER4"
+    else
+        echo "not at branch"
+    fi
+    echo "svcrack is still running (it stops after 5 s without answers, then waits 10 s)..."
+    wait "$pid" || true
+    if grep -q '| 300' "$LAB/attacker/svcrack.log"; then
+        echo "svcrack found a password:"
+        grep '| 300' "$LAB/attacker/svcrack.log"
+    else
+        echo "svcrack found nothing; its output ends with:"
+        tail -n 3 "$LAB/attacker/svcrack.log" | sed 's/^/  /'
+    fi
+    [[ -n $t_hq && -n $t_branch ]]
 }
 
 up() {
     require_root
-    require_tools ip nft python3 setsid
-    build_agent
+    require_tools ip nft python3 setsid timeout
+    build
 
     if down; then
         log "removed a lab left from an earlier run"
     fi
-    mkdir -p "$LAB/state"
+    HAVE_KAMAILIO=0 HAVE_SIPP=0 HAVE_SVCRACK=0
+    command -v kamailio >/dev/null 2>&1 && HAVE_KAMAILIO=1
+    command -v sipp >/dev/null 2>&1 && HAVE_SIPP=1
+    command -v sipvicious_svcrack >/dev/null 2>&1 && HAVE_SVCRACK=1
+    ((HAVE_KAMAILIO)) || log "kamailio is not installed (apt-get install kamailio): the PBXs run" \
+        "WITHOUT a registrar (a stub listener answers on 5060); nothing can register," \
+        "and svcrack finds nothing to judge"
+    ((HAVE_SIPP)) || log "sipp is not installed (apt-get install sip-tester): no phone registration"
+    ((HAVE_SVCRACK)) || log "sipvicious_svcrack is not installed" \
+        "(python3 -m pip install sipvicious==0.3.8): no password-guessing demo"
+
+    mkdir -p "$LAB/phone" "$LAB/attacker"
     chmod 0755 "$LAB"
     echo "$$" >"$LAB/lab.pid"
-    echo "$AGENT" >"$LAB/agent.path"
-    write_config
-    printf '%s\n' "$LAB_PY" >"$LAB/lab.py"
+    echo "$BIN" >"$LAB/bin"
 
+    PIDS=() VIEWERS=()
+    declare -gA NAMES=()
     trap cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
     trap 'exit 129' HUP
 
     IPV6=1
-    local ns
+    local ns site
     for ns in "${NAMESPACES[@]}"; do
         new_ns "$ns"
     done
     ((IPV6)) || log "IPv6 is not available in namespaces here: the lab runs IPv4 only"
-    link lan0 "$NS_LAN" "$PBX_LAN4" "$LAN4" "$PBX_LAN6" "$LAN6"
-    link inet0 "$NS_INET" "$PBX_INET4" "$INET4" "$PBX_INET6" "$INET6"
+    link "$NS_WAN" hq0 "$WAN_HQ4" "$WAN_HQ6" "$NS_HQ" wan0 "$HQ4" "$HQ6" route
+    link "$NS_WAN" branch0 "$WAN_BRANCH4" "$WAN_BRANCH6" "$NS_BRANCH" wan0 "$BRANCH4" "$BRANCH6" route
+    link "$NS_WAN" attacker0 "$WAN_ATTACKER4" "$WAN_ATTACKER6" "$NS_ATTACKER" eth0 \
+        "$ATTACKER4" "$ATTACKER6" route
+    link "$NS_HQ" lan0 "$HQ_LAN4" "$HQ_LAN6" "$NS_PHONE" eth0 "$PHONE4" "$PHONE6" route
+    ip -n "$NS_WAN" addr add "$CTL4/32" dev lo
+    ns_sysctl "$NS_WAN" net/ipv4/ip_forward 1
+    ((IPV6)) && ns_sysctl "$NS_WAN" net/ipv6/conf/all/forwarding 1
 
-    local tcp udp
-    tcp=$(IFS=,; echo "${TCP_PORTS[*]}")
-    udp=$(IFS=,; echo "${UDP_PORTS[*]}")
-    # Both run in their own session, so that Ctrl-C reaches only this script,
-    # which then stops them in order. setsid and `ip netns exec` exec rather than
-    # fork, so $! is the listener and the agent themselves.
-    setsid ip netns exec "$NS_PBX" python3 "$LAB/lab.py" serve "$tcp" "$udp" &
-    LISTENER_PID=$!
+    log "starting the controller in $NS_WAN at $URL (data in $LAB/controller)"
+    start_controller
 
-    setsid ip netns exec "$NS_PBX" env RUST_LOG="${RUST_LOG:-info}" \
-        "$AGENT" --config "$LAB/agent.toml" run &
-    AGENT_PID=$!
-    echo "$AGENT_PID" >"$LAB/agent.pid"
-
-    local i
-    for i in $(seq 100); do
-        ip netns exec "$NS_PBX" nft list table inet palisade >/dev/null 2>&1 && break
-        kill -0 "$AGENT_PID" 2>/dev/null || die "the agent exited before loading its table"
-        sleep 0.1
+    for site in "${SITES[@]}"; do
+        mkdir -p "$LAB/$site"
+        write_agent_config "$site"
+        if ((HAVE_KAMAILIO)); then
+            log "$site: starting Kamailio (registrar, users ${USERS[*]})"
+            start_registrar "$site"
+        fi
+        start_listener "$site"
     done
-    ip netns exec "$NS_PBX" nft list table inet palisade >/dev/null 2>&1 ||
-        die "the agent did not load its table within 10s"
+    for site in "${SITES[@]}"; do
+        log "$site: enrolling and starting the agent"
+        start_agent "$site"
+    done
+    wait_connected
 
     local me="sudo $SELF"
     cat <<EOF
 
-Palisade lab is up (config and state in $LAB).
+Palisade lab is up: tenant $TENANT, sites ${SITES[*]} (config, state and logs in $LAB).
 
-  $NS_PBX   the PBX: palisade-agent (pid $AGENT_PID) and listeners on
-             tcp ${TCP_PORTS[*]}, udp ${UDP_PORTS[*]}
-             lan0 $PBX_LAN4 $PBX_LAN6, inet0 $PBX_INET4 $PBX_INET6
-  $NS_LAN   a LAN phone, zone local:      $LAN4 $LAN6
-  $NS_INET  an internet host, zone internet: $INET4 $INET6
+  $NS_WAN       the internet; palisade-controller (pid $CONTROLLER_PID) at $URL
+  $NS_HQ        site hq's PBX: $( ((HAVE_KAMAILIO)) && echo "Kamailio (users ${USERS[*]}), " )palisade-agent
+                 wan0 $HQ4 $( ((IPV6)) && echo "$HQ6" ), lan0 $HQ_LAN4 $( ((IPV6)) && echo "$HQ_LAN6" )
+  $NS_BRANCH    site branch's PBX: $( ((HAVE_KAMAILIO)) && echo "Kamailio, " )palisade-agent
+                 wan0 $BRANCH4 $( ((IPV6)) && echo "$BRANCH6" )
+  $NS_PHONE     a phone on hq's LAN (zone local): $PHONE4 $( ((IPV6)) && echo "$PHONE6" )
+  $NS_ATTACKER  an attacker on the internet: $ATTACKER4 $( ((IPV6)) && echo "$ATTACKER6" )
 
-Probes just now:
+palisade hosts --tenant $TENANT:
 EOF
-    smoke lan "$NS_LAN" "$PBX_LAN4" 22/tcp
-    smoke inet "$NS_INET" "$PBX_INET4" 22/tcp
-    smoke inet "$NS_INET" "$PBX_INET4" 5060/udp
-    ((IPV6)) && smoke lan "$NS_LAN" "$PBX_LAN6" 80/tcp
-    ((IPV6)) && smoke inet "$NS_INET" "$PBX_INET6" 80/tcp
+    local hosts
+    hosts=$(operator hosts --tenant "$TENANT" 2>&1 || true)
+    if command -v column >/dev/null 2>&1; then
+        hosts=$(column -t -s $'\t' <<<"$hosts")
+    fi
+    printf '%s\n' "$hosts" | sed 's/^/  /'
 
-    printf '\nTry, from another terminal:\n'
-    try "$me agent show" "the live table: zones, services, sets, discovered facts"
-    try "$me agent discover" "what the lab's pjsip.conf needs"
-    try "$me agent explain $LAN4 22/tcp" "a LAN phone: ssh allowed"
-    try "$me agent explain $INET4 22/tcp" "the internet host: dropped"
-    ((IPV6)) && try "$me agent explain $INET6 5060/udp" "over IPv6 it is the trunk in pjsip.conf"
-    try "$me probe inet $PBX_INET4 5060/udp" "SIP from the internet: open"
-    try "$me agent set add ban $INET4 --timeout 10m --comment 'lab demo'" ""
-    try "$me probe inet $PBX_INET4 5060/udp" "banned: dropped"
-    try "$me agent explain $INET4 5060/udp" "why: the ban, its comment and time left"
-    try "$me agent set del ban $INET4" ""
-    try "sudo kill -HUP $AGENT_PID" "reload $LAB/agent.toml"
-    try "sudo ip netns exec $NS_PBX nft list table inet palisade" ""
-    try "sudo ip netns exec $NS_PBX nft delete table inet palisade" "repaired within 10s"
-    try "sudo ip netns exec $NS_PBX curl -s 127.0.0.1:9464/metrics" "Prometheus metrics"
+    printf '\nProbes just now:\n'
+    smoke phone "$NS_PHONE" "$HQ_LAN4" 22/tcp
+    smoke attacker "$NS_ATTACKER" "$HQ4" 22/tcp
+    smoke branch "$NS_BRANCH" "$HQ4" 22/tcp
+    if ((HAVE_KAMAILIO)); then
+        smoke attacker "$NS_ATTACKER" "$HQ4" sip
+    else
+        smoke attacker "$NS_ATTACKER" "$HQ4" 5060/udp
+    fi
+    if ((HAVE_KAMAILIO && HAVE_SIPP)); then
+        printf '  %-8s -> ' phone
+        register 300 | sed "s/^phone $PHONE4: //" || true
+    fi
+
+    local pal="$me palisade" dict=$LAB/attacker/dictionary.txt
+    printf '\nTry, from another terminal:\n\n'
+    if ((HAVE_SVCRACK && HAVE_KAMAILIO)); then
+        try "$me attack" "svcrack from the attacker against hq: banned at hq, and the ban in branch's kernel within 1 s"
+        try "sudo watch -n 0.2 ip netns exec $NS_BRANCH nft list set inet palisade ban_shared_v4" \
+            "meanwhile: the shared bans as branch's kernel has them"
+        try "sudo ip netns exec $NS_HQ nft list set inet palisade ban_v4" "hq's own bans"
+        try "sudo sh -c 'seq 100000 101999 > $dict'; sudo $(svcrack_cmd "$dict")" \
+            "the attack by hand (dictionary: 2000 wrong passwords)"
+        printf '\n'
+    elif ((!HAVE_SVCRACK)); then
+        printf '  (install SIPVicious for the attack: python3 -m pip install sipvicious==0.3.8)\n\n'
+    else
+        printf '  (the attack needs Kamailio as the registrar: apt-get install kamailio)\n\n'
+    fi
+    try "$pal hosts --tenant $TENANT" "the sites' agents: connected, last seen, addresses"
+    try "$pal bans --tenant $TENANT" "the tenant's bans: reason, origin, evidence"
+    try "$pal ban add --tenant $TENANT 192.0.2.66 --reason demo --for 10m" "a ban from the operator: at both sites at once"
+    try "$pal ban lift --tenant $TENANT $ATTACKER4" "lift a ban at the other sites (branch)"
+    try "$me agent hq unban $ATTACKER4" "and at the site that made it (hq)"
+    try "$pal audit --tenant $TENANT" ""
+    printf '\n'
+    try "$me agent hq explain $ATTACKER4 5060/udp" "why the attacker is dropped (or not)"
+    try "$me agent branch explain $HQ4 22/tcp" "hq is a trusted peer at branch (the controller told it)"
+    try "$me agent hq explain $PHONE4 22/tcp" "the phone is in hq's local zone"
+    try "$me agent hq show" "hq's live table, its sets and what it discovered from $( ((HAVE_KAMAILIO)) && echo Kamailio || echo the stub pjsip.conf)"
+    try "sudo ip netns exec $NS_HQ nft list set inet palisade tenant_peer_v4" "branch's addresses, trusted at hq"
+    printf '\n'
+    if ((HAVE_SIPP && HAVE_KAMAILIO)); then
+        try "$me register 301" "register phone 301 at hq (sipp, from $NS_PHONE)"
+        try "$me register 300 wrong-password" "a phone with a wrong password"
+        try "sudo ip netns exec $NS_HQ nft list set inet palisade known_good_v4" "registered phones: let through whatever their zone"
+        try "sudo $(register_cmd 333 "${PASSWORD[333]}")" "the registration by hand"
+        printf '  passwords: %s\n' "$(for u in "${USERS[@]}"; do printf '%s=%s ' "$u" "${PASSWORD[$u]}"; done)"
+    elif ((!HAVE_SIPP)); then
+        printf '  (install sipp to register a phone: apt-get install sip-tester)\n'
+    else
+        printf '  (registering a phone needs Kamailio as the registrar: apt-get install kamailio)\n'
+    fi
     cat <<EOF
 
-'$me agent ARGS' runs: ip netns exec $NS_PBX $AGENT --config $LAB/agent.toml ARGS
-Ctrl-C stops the lab and removes the namespaces; '$me down' removes a left-over lab.
+'$me agent SITE ARGS' runs: ip netns exec pal-SITE $BIN/palisade-agent --config $LAB/SITE/agent.toml ARGS
+'$me palisade ARGS' runs:   ip netns exec $NS_WAN $BIN/palisade --controller $URL --cert $LAB/operator.pem ARGS
+Logs: $LAB/{controller.log,hq/agent.log,branch/agent.log$( ((HAVE_KAMAILIO)) && echo ",hq/kamailio.log" )}; the first three follow here.
+Ctrl-C stops the lab and removes everything; '$me down' removes a left-over lab.
+
 EOF
 
-    local status=0
-    wait -n "$AGENT_PID" "$LISTENER_PID" || status=$?
-    if ! kill -0 "$AGENT_PID" 2>/dev/null; then
-        die "the agent exited (status $status)"
-    fi
-    die "the listener exited (status $status)"
+    # Follow the agents' and the controller's logs here, each line tagged.
+    local file tag
+    for tag in controller hq branch; do
+        case $tag in
+        controller) file=$LAB/controller.log ;;
+        *) file=$LAB/$tag/agent.log ;;
+        esac
+        tail -n 0 -F "$file" 2>/dev/null > >(sed -u "s/^/$(printf '%-10s' "$tag") | /") &
+        VIEWERS+=($!)
+    done
+
+    local status=0 pid
+    wait -n "${PIDS[@]}" || status=$?
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || die "${NAMES[$pid]} exited (status $status)"
+    done
+    die "a lab process exited (status $status)"
 }
 
 cmd=${1:-up}
@@ -486,22 +831,47 @@ down)
 agent)
     shift
     require_root agent "$@"
-    { ns_exists "$NS_PBX" && [[ -r $LAB/agent.path ]]; } || die "the lab is not running (start it with sudo $SELF)"
-    exec ip netns exec "$NS_PBX" "$(<"$LAB/agent.path")" --config "$LAB/agent.toml" "$@"
+    site=hq
+    if [[ ${1:-} == hq || ${1:-} == branch ]]; then
+        site=$1
+        shift
+    fi
+    lab_bin
+    ns_exists "${SITE_NS[$site]}" || die "the lab is not running (start it with sudo $SELF)"
+    exec ip netns exec "${SITE_NS[$site]}" "$BIN/palisade-agent" --config "$LAB/$site/agent.toml" "$@"
+    ;;
+palisade)
+    shift
+    require_root palisade "$@"
+    lab_bin
+    ns_exists "$NS_WAN" || die "the lab is not running (start it with sudo $SELF)"
+    exec ip netns exec "$NS_WAN" "$BIN/palisade" --controller "$URL" --cert "$LAB/operator.pem" "$@"
+    ;;
+attack)
+    shift
+    require_root attack "$@"
+    attack "$@"
+    ;;
+register)
+    shift
+    require_root register "$@"
+    register "$@"
     ;;
 probe)
     shift
     require_root probe "$@"
-    (($# == 3)) || die "usage: $SELF probe lan|inet|pbx ADDR PORT/PROTO"
+    (($# == 3)) || die "usage: $SELF probe phone|attacker|hq|branch|wan ADDR PORT/PROTO"
     case $1 in
-    lan) ns=$NS_LAN ;;
-    inet) ns=$NS_INET ;;
-    pbx) ns=$NS_PBX ;;
-    *) die "probe from lan, inet or pbx, not '$1'" ;;
+    phone | lan) ns=$NS_PHONE ;;
+    attacker | inet) ns=$NS_ATTACKER ;;
+    hq | pbx) ns=$NS_HQ ;;
+    branch) ns=$NS_BRANCH ;;
+    wan) ns=$NS_WAN ;;
+    *) die "probe from phone, attacker, hq, branch or wan, not '$1'" ;;
     esac
     [[ $3 =~ ^[0-9]+/(tcp|udp)$ ]] || die "'$3' should be PORT/PROTO, e.g. 5060/udp"
     ns_exists "$ns" || die "the lab is not running (start it with sudo $SELF)"
-    exec ip netns exec "$ns" python3 -c "$LAB_PY" probe "$2" "$3"
+    exec ip netns exec "$ns" python3 "$HELPER" probe "$2" "$3"
     ;;
 -h | --help | help)
     usage
