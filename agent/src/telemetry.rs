@@ -1,62 +1,9 @@
-//! Logs, traces and metrics for the daemon and the CLI.
-//!
-//! Logs go to stderr (journald picks them up under systemd). Spans are exported
-//! over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, so a host without a
-//! collector pays nothing. Metrics are served for Prometheus by the daemon.
+//! Logs, traces and metrics for the daemon and the CLI: logs and traces as
+//! every Palisade binary sets them up ([`palisade_telemetry`]), metrics served
+//! for Prometheus by the daemon.
 
-use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+pub use palisade_telemetry::{init, Telemetry};
 use std::net::SocketAddr;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
-
-/// Keeps the OTLP pipeline alive; flushes it on drop.
-pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
-}
-
-impl Drop for Telemetry {
-    fn drop(&mut self) {
-        if let Some(p) = self.provider.take() {
-            let _ = p.shutdown();
-        }
-    }
-}
-
-/// Installs the subscriber. Call once, inside a Tokio runtime when OTLP is wanted.
-pub fn init(service: &'static str, default_level: &str) -> Telemetry {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .ok()?;
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(service)
-                        .build(),
-                )
-                .build(),
-        )
-    });
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init();
-    Telemetry { provider }
-}
 
 /// Serves `/metrics` for Prometheus on `addr`.
 pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<()> {
