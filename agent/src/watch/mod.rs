@@ -163,10 +163,6 @@ impl Watch {
         })
     }
 
-    pub fn group(&self) -> u16 {
-        self.group
-    }
-
     /// Whether the running threads fit `r`: the NFLOG group and the inline
     /// queue are bound at start, so a change of either needs a new watch.
     pub fn fits(&self, r: &Responsive) -> bool {
