@@ -140,6 +140,7 @@ impl Watch {
                 None
             }
         };
+        let following = logs.is_some();
         let enforcer = std::thread::Builder::new()
             .name("watch-enforcer".into())
             .spawn(move || enforce_loop(shell, actions_rx, book))?;
@@ -148,7 +149,9 @@ impl Watch {
             .spawn(move || {
                 let mut reader = Reader::new(cfg, exempt, actions);
                 reader.grants = grants;
-                reader.logged = Some(log_rx);
+                // Without logs to follow, the packet path keeps no record
+                // for deduplication.
+                reader.logged = following.then_some(log_rx);
                 reader.run(nflog, queue, control_rx);
             })?;
         info!(group, "SIP watch started");
