@@ -38,6 +38,10 @@ pub struct BanRecord {
     /// The kernel element's comment: reason, detail, evidence summary.
     pub comment: String,
     pub offence: u32,
+    /// What the source sent (the judge's last lines), shared with the
+    /// controller and shown to operators; empty for manual bans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +197,7 @@ mod tests {
             reason: "scanner".into(),
             comment: "scanner: friendly-scanner".into(),
             offence: 1,
+            evidence: Vec::new(),
         })
     }
 

@@ -200,22 +200,6 @@ fn single_port(spec: PortSpec) -> anyhow::Result<(Proto, u16)> {
     Ok((spec.proto, spec.range.first))
 }
 
-/// The interface the kernel would use to reach `addr`: where its traffic comes in.
-fn route_iface(addr: IpAddr) -> Option<String> {
-    let out = std::process::Command::new("ip")
-        .args(["route", "get", &addr.to_string()])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "dev" {
-            return words.next().map(str::to_string);
-        }
-    }
-    None
-}
-
 /// Starts a detached process that rolls the pending change back at its deadline,
 /// so the rollback happens even when the operator's SSH session (and this CLI) dies.
 fn spawn_watchdog(cli: &Cli, settings: &AgentSettings, id: &str) -> anyhow::Result<()> {
@@ -358,7 +342,7 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
             let agent = agent(&settings)?;
             let policy = current_policy(cli, &agent)?;
             let port = port.map(single_port).transpose()?;
-            let iface = iface.clone().or_else(|| route_iface(*addr));
+            let iface = iface.clone().or_else(|| crate::engine::route_iface(*addr));
             let verdict = agent.explain(
                 &policy,
                 &Query {
@@ -408,6 +392,7 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
                     reason: crate::bans::MANUAL.into(),
                     comment,
                     offence: 0,
+                    evidence: Vec::new(),
                 },
             )])?;
             println!(
@@ -416,18 +401,7 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
             );
         }
         Command::Unban { addr } => {
-            let agent = agent(&settings)?;
-            // Under the state lock, like every enforce: the daemon's periodic
-            // check puts back what the book holds, and must not read the book
-            // before the lift and write the kernel after it.
-            let _lock = agent.state.lock()?;
-            crate::bans::BanBook::new(agent.state.path()).append(&[crate::bans::Entry::Lift {
-                addr: *addr,
-                at: crate::state::now_unix(),
-            }])?;
-            for set in [DynSet::Ban, DynSet::SharedBan] {
-                agent.remove_elements(set, std::slice::from_ref(addr))?;
-            }
+            agent(&settings)?.unban(*addr)?;
             println!("{addr} unbanned");
         }
         Command::Set { op } => {

@@ -33,6 +33,10 @@ pub enum AgentError {
     TooLate { id: String },
     #[error("{0}")]
     Element(String),
+    #[error(transparent)]
+    Book(#[from] crate::bans::BookError),
+    #[error("no policy is in force on this host yet")]
+    NoPolicy,
 }
 
 /// What an apply did.
@@ -197,6 +201,9 @@ impl Agent {
         };
         if effective.responsive.inline.enabled {
             effective.responsive.inline.backend = self.queue_backend();
+        }
+        if let Some(pushed) = crate::controller::sync::pushed_user_rules(self.state.path()) {
+            merge_user_rules(&mut effective, pushed);
         }
         Ok(effective)
     }
@@ -374,6 +381,64 @@ impl Agent {
         ))
     }
 
+    /// `explain` against the policy in force, for traffic arriving on the
+    /// interface the kernel routes `addr` through (what the controller asks
+    /// for a tenant-wide `explain`).
+    pub fn explain_in_force(
+        &self,
+        addr: IpAddr,
+        port: Option<(palisade_model::Proto, u16)>,
+    ) -> Result<Verdict, AgentError> {
+        let (text, source) = self.current_text()?.ok_or(AgentError::NoPolicy)?;
+        let policy = palisade_model::parse_policy(&text, &source)?;
+        self.explain(
+            &policy,
+            &Query {
+                addr,
+                iface: route_iface(addr),
+                port,
+            },
+        )
+    }
+
+    /// Ends the ban on `addr` at this host. The lift goes into the ban book
+    /// first, under the state lock like every enforce: the daemon's periodic
+    /// check puts back what the book holds, and must not read the book
+    /// before the lift and write the kernel after it.
+    pub fn unban(&self, addr: IpAddr) -> Result<(), AgentError> {
+        let _lock = self.state.lock()?;
+        crate::bans::BanBook::new(self.state.path()).append(&[crate::bans::Entry::Lift {
+            addr,
+            at: now_unix(),
+        }])?;
+        for set in [DynSet::Ban, DynSet::SharedBan] {
+            self.remove_elements(set, std::slice::from_ref(&addr))?;
+        }
+        Ok(())
+    }
+
+    /// A lift an operator made at the controller reaching the host that
+    /// proved the ban: this host's own bans inside `net` end too, but only
+    /// those made no later than `before` (Unix seconds; 0: any) — a source
+    /// banned again since has offended again.
+    pub fn lift_own_bans(&self, net: ipnet::IpNet, before: u64) -> Result<Vec<IpAddr>, AgentError> {
+        let book = crate::bans::BanBook::new(self.state.path());
+        let own: Vec<IpAddr> = book
+            .live(now_unix())?
+            .into_iter()
+            .filter(|b| {
+                net.contains(&b.addr)
+                    && (before == 0 || b.at <= before)
+                    && !b.reason.starts_with(crate::controller::SHARED_REASON)
+            })
+            .map(|b| b.addr)
+            .collect();
+        for addr in &own {
+            self.unban(*addr)?;
+        }
+        Ok(own)
+    }
+
     /// Runs an element-only transaction. No listing first: at 100,000 bans a
     /// listing costs 100 times the change itself. A missing table shows up as
     /// nft's "No such file or directory", turned into a clear message here.
@@ -483,4 +548,41 @@ impl Agent {
             format!("no such grant: {}", keys.join(", "))
         })
     }
+}
+
+/// The tenant's per-user rules from the controller take precedence over the
+/// host's own `[users]`, extension by extension. A service this host's
+/// catalogue does not have opens nothing here (the controller checked the
+/// name against the tenant's catalogues; a site may lack it).
+fn merge_user_rules(policy: &mut Policy, pushed: std::collections::BTreeMap<String, Vec<String>>) {
+    for (ext, services) in pushed {
+        let known: Vec<String> = services
+            .into_iter()
+            .filter(|name| {
+                let known = policy.services.iter().any(|s| &s.name == name);
+                if !known {
+                    tracing::debug!(ext, service = %name, "per-user rule names a service this host does not have");
+                }
+                known
+            })
+            .collect();
+        policy.users.insert(ext, known);
+    }
+}
+
+/// The interface the kernel would use to reach `addr`: where its traffic
+/// comes in (`ip route get`; `None` when there is no route).
+pub fn route_iface(addr: IpAddr) -> Option<String> {
+    let out = std::process::Command::new("ip")
+        .args(["route", "get", &addr.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut words = text.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "dev" {
+            return words.next().map(str::to_string);
+        }
+    }
+    None
 }

@@ -16,8 +16,8 @@ use palisade_proto::v1::agent_message::Body as Up;
 use palisade_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
 use palisade_proto::v1::controller_message::Body as Down;
 use palisade_proto::v1::{
-    AgentMessage, Ban, BanDelta, ControllerMessage, EnrollRequest, EnrollResponse, Hello,
-    PolicyResult, PolicyUpdate, TrustDelta, TrustedPeer, Welcome,
+    AgentMessage, Ban, BanDelta, ControllerMessage, EnrollRequest, EnrollResponse, ExplainQuery,
+    Hello, PolicyResult, PolicyUpdate, ServiceList, TrustDelta, TrustedPeer, UserRules, Welcome,
 };
 use std::pin::Pin;
 use std::process::Command;
@@ -271,6 +271,7 @@ fn ban(addr: &str, reason: &str) -> Entry {
         reason: reason.into(),
         comment: format!("{reason}: test"),
         offence: 1,
+        evidence: vec![format!("REGISTER from {addr}")],
     })
 }
 
@@ -345,6 +346,7 @@ async fn enrol_then_sync_with_a_stand_in_controller() {
                 ..Ban::default()
             }],
             lifted: vec![],
+            lifted_at: 0,
         }),
     )
     .await;
@@ -390,6 +392,7 @@ async fn enrol_then_sync_with_a_stand_in_controller() {
         (b.address.as_str(), b.reason.as_str()),
         ("192.0.2.50", "scanner")
     );
+    assert_eq!(b.evidence, ["REGISTER from 192.0.2.50"], "evidence goes up");
 
     // The snapshot settles, the controller goes away: nothing is removed,
     // and the agent comes back saying where it is.
@@ -408,6 +411,7 @@ async fn enrol_then_sync_with_a_stand_in_controller() {
         Down::Bans(BanDelta {
             added: vec![],
             lifted: vec!["203.0.113.7".into()],
+            lifted_at: now_unix(),
         }),
     )
     .await;
@@ -497,5 +501,113 @@ async fn enrol_then_sync_with_a_stand_in_controller() {
     assert!(
         mgmt.contains("192.0.2.99") && !mgmt.contains("192.0.2.98"),
         "in the kernel too: {mgmt}"
+    );
+
+    // A question is answered from the policy in force and the kernel, and
+    // moves no revision.
+    for (id, address, port, decision, stage) in [
+        (41, "192.0.2.99", "22/tcp", "allowed", "management"),
+        (42, "198.51.100.20", "", "allowed", "trusted"),
+    ] {
+        s.send(
+            0,
+            Down::Explain(ExplainQuery {
+                id,
+                address: address.into(),
+                port: port.into(),
+            }),
+        )
+        .await;
+        let a = loop {
+            match s.next_but_heartbeats().await {
+                Up::Explain(a) => break a,
+                Up::Ban(_) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(a.id, id);
+        assert_eq!(a.error, "", "{a:?}");
+        let v = a.verdict.unwrap();
+        assert_eq!(
+            (v.decision.as_str(), v.stage.as_str()),
+            (decision, stage),
+            "{address}: {v:?}"
+        );
+        assert!(v.answered && !v.why.is_empty());
+    }
+    s.send(
+        0,
+        Down::Explain(ExplainQuery {
+            id: 43,
+            address: "not an address".into(),
+            port: String::new(),
+        }),
+    )
+    .await;
+    let a = loop {
+        if let Up::Explain(a) = s.next_but_heartbeats().await {
+            break a;
+        }
+    };
+    assert!(
+        a.verdict.is_none() && a.error.contains("not an IP address"),
+        "{a:?}"
+    );
+
+    // A lift made at the controller also ends the host's own ban, if it was
+    // made before the lift; one made since stays.
+    let book = BanBook::new(state.path());
+    book.append(&[ban("192.0.2.52", "scanner")]).unwrap();
+    s.send(
+        10,
+        Down::Bans(BanDelta {
+            added: vec![],
+            lifted: vec!["192.0.2.50".into(), "192.0.2.52".into()],
+            lifted_at: now_unix() - 100,
+        }),
+    )
+    .await;
+    // ...192.0.2.50's ban was made in this test's first seconds, so it too is
+    // younger than the lift: lift again with the time of now.
+    s.send(
+        11,
+        Down::Bans(BanDelta {
+            added: vec![],
+            lifted: vec!["192.0.2.50".into()],
+            lifted_at: now_unix() + 1,
+        }),
+    )
+    .await;
+    eventually("the own ban lifted", Duration::from_secs(2), || {
+        let live = book.live(now_unix()).unwrap();
+        !live.iter().any(|b| b.addr.to_string() == "192.0.2.50")
+    })
+    .await;
+    let live = book.live(now_unix()).unwrap();
+    assert!(
+        live.iter().any(|b| b.addr.to_string() == "192.0.2.52"),
+        "a ban made after the lift stays: {live:?}"
+    );
+
+    // Per-user rules from the controller take precedence over the host's.
+    let mut users = std::collections::HashMap::new();
+    users.insert(
+        "300".to_string(),
+        ServiceList {
+            services: vec!["ucp".into(), "no-such-service".into()],
+        },
+    );
+    s.send(12, Down::UserRules(UserRules { users })).await;
+    eventually("the user rules stored", Duration::from_secs(2), || {
+        sync::pushed_user_rules(state.path()).is_some()
+    })
+    .await;
+    let effective = agent
+        .effective(&palisade_model::parse_policy("[users]\n300 = [\"ssh\"]\n", "t.toml").unwrap())
+        .unwrap();
+    assert_eq!(
+        effective.users["300"],
+        ["ucp"],
+        "the controller's, known services only"
     );
 }

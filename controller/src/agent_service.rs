@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::auth;
-use crate::fleet::{check_addresses, check_ban, check_name, status_of, Cut, Fleet, Live};
+use crate::fleet::{check_addresses, check_ban, check_name, event, status_of, Cut, Fleet, Live};
 use crate::identity::HostId;
-use crate::store::{now_secs, AuditRecord, Enrolment, HostSeen, RevEntry, StoreError};
+use crate::store::{now_secs, AuditRecord, Change, Enrolment, HostSeen, RevEntry, StoreError};
 use crate::token::TokenClaims;
 
 /// How long the agent has to send its Hello.
@@ -169,7 +169,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
         // Listen before reading the store: nothing committed from here on
         // can be missed.
         let live = fleet.subscribe(&me.tenant);
-        let (conn, cut) = fleet.register(&me);
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        let (conn, cut) = fleet.register(&me, tx.clone());
         let seen = HostSeen {
             now: now_secs(),
             addresses: Some(addresses),
@@ -188,7 +189,16 @@ impl pb::agent_service_server::AgentService for AgentApi {
             return Err(status_of(e));
         }
 
-        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        fleet.publish(event(
+            &me.tenant,
+            &me.to_string(),
+            "online",
+            &peer,
+            format!(
+                "connected (agent {}, protocol {}, from revision {})",
+                hello.agent_version, hello.protocol_version, hello.last_revision
+            ),
+        ));
         let session = Session {
             fleet: fleet.clone(),
             me: me.clone(),
@@ -282,6 +292,15 @@ impl Session {
             tracing::info!("agent disconnected");
         }
         self.fleet.deregister(&self.me, conn);
+        if !self.fleet.is_connected(&self.me) {
+            self.fleet.publish(event(
+                &self.me.tenant,
+                &self.me_str,
+                "offline",
+                "",
+                "disconnected".into(),
+            ));
+        }
         let seen = HostSeen {
             now: now_secs(),
             ..HostSeen::default()
@@ -377,7 +396,7 @@ impl Session {
             self.catch_up().await?;
             self.fleet.message_for(&l.entry, &self.me).is_some()
         };
-        if delivered && matches!(l.entry.change, crate::store::Change::BanAdded { .. }) {
+        if delivered && matches!(l.entry.change, Change::BanAdded { .. }) {
             metrics::counter!("palisade_controller_bans_fanned_out_total").increment(1);
             metrics::histogram!("palisade_controller_fanout_seconds")
                 .record(l.started.elapsed().as_secs_f64());
@@ -432,6 +451,16 @@ impl Session {
             Some(Up::Event(ev)) => {
                 metrics::counter!("palisade_controller_agent_events_total").increment(1);
                 tracing::info!(kind = %ev.kind, address = %ev.address, summary = %ev.summary, "agent event");
+                // Who and which tenant come from the certificate, never the message.
+                fleet.publish(pb::AgentEvent {
+                    host: self.me_str.clone(),
+                    tenant: self.me.tenant.clone(),
+                    ..ev
+                });
+                Ok(())
+            }
+            Some(Up::Explain(answer)) => {
+                fleet.answer(&self.me, answer);
                 Ok(())
             }
             Some(Up::PolicyResult(r)) => {
@@ -448,6 +477,13 @@ impl Session {
                         },
                     )
                 };
+                fleet.publish(event(
+                    &self.me.tenant,
+                    &self.me_str,
+                    "policy",
+                    "",
+                    audit.detail.clone(),
+                ));
                 let error = (!r.applied).then(|| r.error.clone());
                 fleet
                     .store
@@ -470,7 +506,16 @@ impl Session {
             ..HostSeen::default()
         };
         let entry = fleet.store.host_seen(&self.me, &seen).map_err(status_of)?;
-        if entry.is_some() {
+        if let Some(e) = &entry {
+            if let Change::Trust { added, removed, .. } = &e.change {
+                fleet.publish(event(
+                    &self.me.tenant,
+                    &self.me_str,
+                    "address",
+                    "",
+                    format!("addresses added {added:?}, removed {removed:?}"),
+                ));
+            }
             fleet
                 .commit(entry, Instant::now())
                 .await

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use palisade_proto::v1 as pb;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::{Code, Status};
 
 use crate::identity::{valid_name, HostId};
@@ -32,6 +32,9 @@ const BROADCAST_CAPACITY: usize = 4096;
 pub const MAX_ADDRESSES: usize = 64;
 /// Refusals audited per second at most (the rest are only logged and counted).
 const REFUSAL_AUDITS_PER_SEC: u32 = 50;
+/// Events buffered for operators watching; a slower watcher is told how many
+/// it missed.
+const EVENTS_CAPACITY: usize = 4096;
 
 /// A committed, durable change on its way to the tenant's sessions.
 #[derive(Debug)]
@@ -48,9 +51,21 @@ pub struct Cut {
     pub message: String,
 }
 
+/// What a session's messages towards its agent go into.
+pub type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
 struct Conn {
     id: u64,
     cut: watch::Sender<Option<Cut>>,
+    /// The session's own queue, for questions (explain) that are not
+    /// revisions of the tenant's state.
+    out: Outbound,
+}
+
+/// An explain question sent to a host, waiting for its answer.
+struct Question {
+    host: HostId,
+    answer: oneshot::Sender<pb::ExplainAnswer>,
 }
 
 pub struct Fleet {
@@ -64,6 +79,10 @@ pub struct Fleet {
     conns: Mutex<HashMap<HostId, Conn>>,
     next_conn: AtomicU64,
     refusal_window: Mutex<(Instant, u32)>,
+    questions: Mutex<HashMap<u64, Question>>,
+    next_question: AtomicU64,
+    /// Every tenant's events, for operators watching (`Events`).
+    events: broadcast::Sender<Arc<pb::AgentEvent>>,
 }
 
 impl Fleet {
@@ -77,6 +96,9 @@ impl Fleet {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             refusal_window: Mutex::new((Instant::now(), 0)),
+            questions: Mutex::new(HashMap::new()),
+            next_question: AtomicU64::new(1),
+            events: broadcast::channel(EVENTS_CAPACITY).0,
         }
     }
 
@@ -111,14 +133,14 @@ impl Fleet {
 
     /// Registers `host`'s session; a previous session of the same host is
     /// cut (the newest connection wins).
-    pub fn register(&self, host: &HostId) -> (u64, watch::Receiver<Option<Cut>>) {
+    pub fn register(&self, host: &HostId, out: Outbound) -> (u64, watch::Receiver<Option<Cut>>) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
         let old = self
             .conns
             .lock()
             .expect("conns lock")
-            .insert(host.clone(), Conn { id, cut: tx });
+            .insert(host.clone(), Conn { id, cut: tx, out });
         if let Some(old) = old {
             let _ = old.cut.send(Some(Cut {
                 code: Code::Aborted,
@@ -173,6 +195,81 @@ impl Fleet {
         }
     }
 
+    // ------------------------------------------------------------ questions
+
+    /// Sends `query` to `host`'s session. `None`: the host is not connected
+    /// or its queue is full (a host that cannot take a question now is
+    /// reported as not answering rather than waited on).
+    pub fn ask(
+        &self,
+        host: &HostId,
+        mut query: pb::ExplainQuery,
+    ) -> Option<(u64, oneshot::Receiver<pb::ExplainAnswer>)> {
+        let out = self
+            .conns
+            .lock()
+            .expect("conns lock")
+            .get(host)?
+            .out
+            .clone();
+        let id = self.next_question.fetch_add(1, Ordering::Relaxed);
+        query.id = id;
+        let (tx, rx) = oneshot::channel();
+        self.questions.lock().expect("questions lock").insert(
+            id,
+            Question {
+                host: host.clone(),
+                answer: tx,
+            },
+        );
+        let msg = pb::ControllerMessage {
+            revision: 0,
+            body: Some(pb::controller_message::Body::Explain(query)),
+        };
+        if out.try_send(Ok(msg)).is_err() {
+            self.forget_question(id);
+            return None;
+        }
+        Some((id, rx))
+    }
+
+    /// A question that will not be answered (timed out) is forgotten.
+    pub fn forget_question(&self, id: u64) {
+        self.questions.lock().expect("questions lock").remove(&id);
+    }
+
+    /// An answer from `from`: taken only when the question went to that
+    /// host (a host cannot answer for another).
+    pub fn answer(&self, from: &HostId, answer: pb::ExplainAnswer) {
+        let mut questions = self.questions.lock().expect("questions lock");
+        match questions.get(&answer.id) {
+            Some(q) if q.host == *from => {
+                let q = questions.remove(&answer.id).expect("just seen");
+                let _ = q.answer.send(answer);
+            }
+            Some(_) => {
+                tracing::warn!(host = %from, id = answer.id, "an answer to a question asked of another host; ignored")
+            }
+            None => {
+                tracing::debug!(host = %from, id = answer.id, "an answer after its question timed out")
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ events
+
+    /// Publishes an event to the operators watching (nobody watching: dropped).
+    pub fn publish(&self, event: pb::AgentEvent) {
+        metrics::counter!("palisade_controller_events_total", "kind" => event.kind.clone())
+            .increment(1);
+        let _ = self.events.send(Arc::new(event));
+    }
+
+    /// Every tenant's events from now on.
+    pub fn watch_events(&self) -> broadcast::Receiver<Arc<pb::AgentEvent>> {
+        self.events.subscribe()
+    }
+
     // ------------------------------------------------------------ refusals
 
     /// Records a refusal: always logged and counted, audited unless a flood
@@ -181,6 +278,13 @@ impl Fleet {
         tracing::warn!(tenant, actor, action, code = ?status.code(), message = status.message(), "refused");
         metrics::counter!("palisade_controller_refusals_total", "action" => action.to_string())
             .increment(1);
+        self.publish(event(
+            tenant,
+            actor,
+            "refused",
+            "",
+            format!("{action}: {}", status.message()),
+        ));
         let allowed = {
             let mut w = self.refusal_window.lock().expect("refusal lock");
             if w.0.elapsed() >= Duration::from_secs(1) {
@@ -217,24 +321,16 @@ impl Fleet {
             tenant,
             actor,
             "ban.add",
-            format!(
-                "{} ({}{}) expires {}",
-                ban.address,
-                ban.reason,
-                if ban.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", ban.detail)
-                },
-                if ban.expires_at == 0 {
-                    "never".to_string()
-                } else {
-                    ban.expires_at.to_string()
-                }
-            ),
+            format!("{} ({})", ban.address, ban_summary(&ban)),
         );
         let entry = self.store.add_ban(tenant, &ban, audit)?;
         self.commit(entry.clone(), started).await?;
+        if entry.is_some() {
+            self.publish(pb::AgentEvent {
+                evidence: ban.evidence.clone(),
+                ..event(tenant, &ban.origin, "ban", &ban.address, ban_summary(&ban))
+            });
+        }
         Ok(entry)
     }
 
@@ -247,6 +343,13 @@ impl Fleet {
         let audit = AuditRecord::new(tenant, actor, "ban.lift", address);
         let entry = self.store.lift_ban(tenant, address, actor, audit)?;
         self.commit(Some(entry.clone()), Instant::now()).await?;
+        self.publish(event(
+            tenant,
+            actor,
+            "lift",
+            address,
+            format!("lifted by {actor}, at every host of the tenant"),
+        ));
         Ok(entry)
     }
 
@@ -259,6 +362,13 @@ impl Fleet {
             Code::PermissionDenied,
             &format!("host {host} was revoked"),
         );
+        self.publish(event(
+            &host.tenant,
+            &host.to_string(),
+            "revoked",
+            "",
+            format!("revoked by {actor}"),
+        ));
         Ok(())
     }
 
@@ -293,12 +403,13 @@ impl Fleet {
                 }
                 Body::Bans(pb::BanDelta {
                     added: vec![ban_to_pb(ban)],
-                    lifted: vec![],
+                    ..Default::default()
                 })
             }
             Change::BanLifted { address } => Body::Bans(pb::BanDelta {
                 added: vec![],
                 lifted: vec![address.clone()],
+                lifted_at: entry.at,
             }),
             Change::Trust {
                 host,
@@ -367,7 +478,7 @@ impl Fleet {
         for chunk in chunks {
             out.push(Body::Bans(pb::BanDelta {
                 added: chunk.to_vec(),
-                lifted: vec![],
+                ..Default::default()
             }));
         }
         let peers = self
@@ -413,6 +524,43 @@ impl Fleet {
 }
 
 // ---------------------------------------------------------------- mapping
+
+/// An event stamped now.
+pub fn event(
+    tenant: &str,
+    host: &str,
+    kind: &str,
+    address: &str,
+    summary: String,
+) -> pb::AgentEvent {
+    pb::AgentEvent {
+        at: now_secs(),
+        kind: kind.to_string(),
+        address: address.to_string(),
+        summary,
+        host: host.to_string(),
+        tenant: tenant.to_string(),
+        evidence: Vec::new(),
+    }
+}
+
+/// `reason: detail, expires …` for events and the audit trail.
+pub fn ban_summary(ban: &BanInfo) -> String {
+    format!(
+        "{}{} expires {}",
+        ban.reason,
+        if ban.detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", ban.detail)
+        },
+        if ban.expires_at == 0 {
+            "never".to_string()
+        } else {
+            ban.expires_at.to_string()
+        }
+    )
+}
 
 pub fn ban_to_pb(b: &BanInfo) -> pb::Ban {
     pb::Ban {

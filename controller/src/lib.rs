@@ -6,13 +6,15 @@
 //!   encoded in a certificate);
 //! - [`token`]: one-time enrolment tokens;
 //! - [`server`]: the gRPC server over mutual TLS ([`agent_service`],
-//!   [`operator_service`]) and the fan-out ([`fleet`]);
+//!   [`operator_service`]) and the fan-out ([`fleet`]); [`explain`] asks a
+//!   tenant's hosts why an address is allowed or blocked;
 //! - [`client`]: connecting to it (the `palisade` CLI, tests);
 //! - [`sandbox`]: an in-process controller and simulated agents for tests.
 
 pub mod agent_service;
 pub mod auth;
 pub mod client;
+pub mod explain;
 pub mod fleet;
 pub mod identity;
 pub mod operator_service;

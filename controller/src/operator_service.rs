@@ -3,8 +3,12 @@
 //! token) and, for now, may act on every tenant.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
+
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::ReceiverStream;
 
 use palisade_proto::v1 as pb;
 use tonic::{Request, Response, Status};
@@ -46,6 +50,53 @@ impl OperatorApi {
                 "unknown tenant {tenant:?} (a tenant is created by its first token)"
             ))),
         }
+    }
+}
+
+impl OperatorApi {
+    /// Extensions are names a PBX could use, and every service is in the
+    /// catalogue of one of the tenant's policies (or the default one): an
+    /// unknown name would open nothing at the hosts, silently.
+    fn check_user_rules(
+        &self,
+        tenant: &str,
+        users: &BTreeMap<String, Vec<String>>,
+    ) -> Result<(), Status> {
+        let store = &self.fleet.store;
+        let mut known: std::collections::BTreeSet<String> =
+            palisade_model::parse_policy("", "the default policy")
+                .map(|p| p.services.into_iter().map(|s| s.name).collect())
+                .unwrap_or_default();
+        let sites = store.sites(tenant).map_err(status_of)?;
+        for site in std::iter::once(String::new()).chain(sites.into_iter().map(|s| s.name)) {
+            if let Some(p) = store.policy(tenant, &site).map_err(status_of)? {
+                if let Ok(policy) = palisade_model::parse_policy(&p.toml, "stored policy") {
+                    known.extend(policy.services.into_iter().map(|s| s.name));
+                }
+            }
+        }
+        for (ext, services) in users {
+            let ext_ok = !ext.is_empty()
+                && ext.len() <= 64
+                && ext
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+*#._-".contains(c));
+            if !ext_ok {
+                return Err(Status::invalid_argument(format!(
+                    "user rules: {ext:?} is not an extension (letters, digits, + * # . _ -; at most 64)"
+                )));
+            }
+            for name in services {
+                if !known.contains(name) {
+                    let list: Vec<&str> = known.iter().map(String::as_str).collect();
+                    return Err(Status::invalid_argument(format!(
+                        "user rules: extension {ext}: unknown service {name:?} (known: {})",
+                        list.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -162,6 +213,8 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                     revision: h.revision_acked,
                     revoked: h.revoked,
                     agent_version: h.agent_version,
+                    policy_revision: h.policy_revision,
+                    policy_error: h.policy_error.unwrap_or_default(),
                 })
                 .collect();
             Ok(Response::new(pb::ListHostsResponse { hosts }))
@@ -261,6 +314,10 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 .into_iter()
                 .map(|(k, v)| (k, v.services))
                 .collect();
+            if let Err(st) = self.check_user_rules(&r.tenant, &users) {
+                self.fleet.refused(&r.tenant, &who, "user_rules.set", &st);
+                return Err(st);
+            }
             let audit = AuditRecord::new(
                 &r.tenant,
                 &who,
@@ -277,6 +334,22 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 .await
                 .map_err(status_of)?;
             Ok(Response::new(pb::Empty {}))
+        })
+    }
+
+    async fn get_user_rules(&self, req: Request<pb::ScopeRef>) -> Reply<pb::UserRules> {
+        rpc!("GetUserRules", async {
+            self.who(&req, "user_rules.get")?;
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            let users = self
+                .fleet
+                .store
+                .user_rules(&r.tenant)
+                .map_err(status_of)?
+                .map(|(_, users)| crate::fleet::user_rules_to_pb(&users))
+                .unwrap_or_default();
+            Ok(Response::new(users))
         })
     }
 
@@ -346,9 +419,26 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
     async fn explain(&self, req: Request<pb::ExplainRequest>) -> Reply<pb::ExplainResponse> {
         rpc!("Explain", async {
             self.who(&req, "explain")?;
-            Err(Status::unimplemented(
-                "explain is not implemented by this controller yet",
-            ))
+            let r = req.into_inner();
+            self.tenant_exists(&r.tenant)?;
+            let address: IpAddr = r.address.trim().parse().map_err(|_| {
+                Status::invalid_argument(format!("{:?} is not an IP address", r.address))
+            })?;
+            let port = r.port.trim();
+            if !port.is_empty() {
+                port.parse::<palisade_model::PortSpec>().map_err(|e| {
+                    Status::invalid_argument(format!("port {port:?}: {e} (e.g. 5060/udp)"))
+                })?;
+            }
+            let answer = crate::explain::explain(
+                &self.fleet,
+                &r.tenant,
+                address,
+                port,
+                crate::explain::ANSWER_WITHIN,
+            )
+            .await?;
+            Ok(Response::new(answer))
         })
     }
 
@@ -381,14 +471,52 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         })
     }
 
-    type EventsStream = tokio_stream::Empty<Result<pb::AgentEvent, Status>>;
+    type EventsStream = ReceiverStream<Result<pb::AgentEvent, Status>>;
 
+    /// Every event of the tenant (or of one site) from now on, until the
+    /// operator hangs up. A watcher that falls behind is told how many
+    /// events it missed rather than cut off.
     async fn events(&self, req: Request<pb::ScopeRef>) -> Reply<Self::EventsStream> {
         rpc!("Events", async {
-            self.who(&req, "events")?;
-            Err(Status::unimplemented(
-                "the live event stream is not implemented by this controller yet",
-            ))
+            let who = self.who(&req, "events")?;
+            let r = req.into_inner();
+            if !r.tenant.is_empty() {
+                self.tenant_exists(&r.tenant)?;
+            }
+            if !r.site.is_empty() {
+                check_name("site", &r.site)?;
+            }
+            let mut events = self.fleet.watch_events();
+            let (tx, rx) = tokio::sync::mpsc::channel(256);
+            let site_prefix = format!("{}/{}/", r.tenant, r.site);
+            tracing::info!(operator = %who, tenant = %r.tenant, site = %r.site, "watching events");
+            tokio::spawn(async move {
+                loop {
+                    let ev = tokio::select! {
+                        ev = events.recv() => ev,
+                        _ = tx.closed() => break,
+                    };
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            Arc::new(crate::fleet::event(
+                                &r.tenant,
+                                "controller",
+                                "lagged",
+                                "",
+                                format!("{n} events were dropped: this watcher fell behind"),
+                            ))
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    };
+                    let wanted = (r.tenant.is_empty() || ev.tenant == r.tenant)
+                        && (r.site.is_empty() || ev.host.starts_with(&site_prefix));
+                    if wanted && tx.send(Ok((*ev).clone())).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
         })
     }
 }

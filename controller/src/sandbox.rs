@@ -298,8 +298,10 @@ pub struct SimAgent {
     pub peers: BTreeMap<String, String>,
     pub policy: Option<String>,
     pub user_rules: Option<pb::UserRules>,
-    /// Every message after the Welcome, in order.
+    /// Every message after the Welcome, in order (questions aside).
     pub log: Vec<pb::ControllerMessage>,
+    /// Explain questions received, in order.
+    pub questions: Vec<pb::ExplainQuery>,
     up: mpsc::Sender<pb::AgentMessage>,
     down: Streaming<pb::ControllerMessage>,
 }
@@ -334,6 +336,7 @@ impl SimAgent {
             policy: None,
             user_rules: None,
             log: vec![],
+            questions: vec![],
             up,
             down,
         })
@@ -344,6 +347,13 @@ impl SimAgent {
             .send(pb::AgentMessage { body: Some(body) })
             .await
             .map_err(|_| anyhow!("the stream is closed"))
+    }
+
+    /// The stream's upward queue, to send from another task while this one
+    /// keeps reading (a sender that waits on a full queue while nobody reads
+    /// the downward stream would stall both ends).
+    pub fn sender(&self) -> mpsc::Sender<pb::AgentMessage> {
+        self.up.clone()
     }
 
     /// Reports a permanent ban on `address`.
@@ -368,6 +378,11 @@ impl SimAgent {
     }
 
     fn apply(&mut self, m: &pb::ControllerMessage) {
+        // A question changes nothing (its revision is 0).
+        if let Some(Down::Explain(q)) = &m.body {
+            self.questions.push(q.clone());
+            return;
+        }
         self.revision = m.revision;
         match &m.body {
             Some(Down::Bans(d)) => {
@@ -388,7 +403,7 @@ impl SimAgent {
             }
             Some(Down::Policy(p)) => self.policy = Some(p.toml.clone()),
             Some(Down::UserRules(u)) => self.user_rules = Some(u.clone()),
-            Some(Down::Welcome(_)) | None => {}
+            Some(Down::Welcome(_) | Down::Explain(_)) | None => {}
         }
         self.log.push(m.clone());
     }

@@ -625,7 +625,7 @@ async fn user_rules_reach_the_tenant_and_a_second_connection_replaces_the_first(
     users.insert(
         "333".to_string(),
         pb::ServiceList {
-            services: vec!["ssh".into(), "admin-web".into()],
+            services: vec!["ssh".into(), "admin".into()],
         },
     );
     op.set_user_rules(pb::UserRulesRequest {
@@ -638,7 +638,7 @@ async fn user_rules_reach_the_tenant_and_a_second_connection_replaces_the_first(
         s.wait_until(SECOND, |s| {
             s.user_rules
                 .as_ref()
-                .is_some_and(|u| u.users["333"].services == ["ssh", "admin-web"])
+                .is_some_and(|u| u.users["333"].services == ["ssh", "admin"])
         })
         .await
         .unwrap();

@@ -447,6 +447,7 @@ mod tests {
         BanDelta {
             added: added.to_vec(),
             lifted: lifted.iter().map(|s| s.to_string()).collect(),
+            lifted_at: 0,
         }
     }
 

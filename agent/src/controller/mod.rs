@@ -60,6 +60,7 @@ pub fn kind(body: &palisade_proto::v1::controller_message::Body) -> &'static str
         Body::Trust(_) => "trust",
         Body::Policy(_) => "policy",
         Body::UserRules(_) => "user_rules",
+        Body::Explain(_) => "explain",
     }
 }
 

@@ -34,8 +34,8 @@ use palisade_proto::v1::agent_message::Body as Up;
 use palisade_proto::v1::agent_service_client::AgentServiceClient;
 use palisade_proto::v1::controller_message::Body as Down;
 use palisade_proto::v1::{
-    AgentMessage, Ban, BanReport, ControllerMessage, Heartbeat, Hello, PolicyResult, PolicyUpdate,
-    UserRules,
+    AgentMessage, Ban, BanDelta, BanReport, ControllerMessage, ExplainAnswer, ExplainQuery,
+    Heartbeat, Hello, HostVerdict, PolicyResult, PolicyUpdate, UserRules,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -590,6 +590,11 @@ impl Session<'_> {
         };
         let kind = super::kind(&body);
         metrics::counter!("palisade_controller_messages_total", "kind" => kind).increment(1);
+        // A question changes nothing: no revision, no journal.
+        let body = match body {
+            Down::Explain(q) => return self.explain(q).await,
+            other => other,
+        };
         self.last_message = Instant::now();
         let revision = msg.revision;
         let span = tracing::info_span!("controller_message", kind, revision);
@@ -628,6 +633,7 @@ impl Session<'_> {
                 Down::Bans(delta) => {
                     let changes = local.mirror.ban_delta(revision, &delta, now_unix());
                     self.apply(local, changes).await;
+                    self.lift_own(&delta).await;
                 }
                 Down::Trust(delta) => {
                     let changes = local.mirror.trust_delta(revision, &delta);
@@ -641,8 +647,12 @@ impl Session<'_> {
                 Down::UserRules(rules) => {
                     let changes = local.mirror.other(revision);
                     self.apply(local, changes).await;
-                    user_rules(local, &rules);
+                    if user_rules(local, &rules) {
+                        // The daemon follows: the SIP watch's grants change.
+                        let _ = self.ctx.policy_tx.try_send(());
+                    }
                 }
+                Down::Explain(_) => unreachable!("answered above"),
             }
             if in_snapshot && !local.mirror.in_snapshot() {
                 self.after_snapshot(local).await;
@@ -651,6 +661,71 @@ impl Session<'_> {
         }
         .instrument(span)
         .await
+    }
+
+    /// Answers an explain question from what this host's kernel and policy
+    /// do now (the same answer as `palisade-agent explain` here).
+    async fn explain(&self, q: ExplainQuery) -> Result<(), String> {
+        let id = q.id;
+        let answer = match explain_query(&q) {
+            Err(e) => ExplainAnswer {
+                id,
+                verdict: None,
+                error: e,
+            },
+            Ok((addr, port)) => {
+                let result = self
+                    .ctx
+                    .blocking(move |a| a.explain_in_force(addr, port))
+                    .await;
+                match result {
+                    Ok(v) => ExplainAnswer {
+                        id,
+                        verdict: Some(host_verdict(&v)),
+                        error: String::new(),
+                    },
+                    Err(e) => ExplainAnswer {
+                        id,
+                        verdict: None,
+                        error: causes(&e),
+                    },
+                }
+            }
+        };
+        debug!(id, address = %q.address, port = %q.port, "explain answered");
+        self.send(Up::Explain(answer)).await
+    }
+
+    /// A lift reaching the host that proved the ban ends its own ban too.
+    async fn lift_own(&self, delta: &BanDelta) {
+        let nets: Vec<ipnet::IpNet> = delta
+            .lifted
+            .iter()
+            .filter_map(|a| {
+                a.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| a.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect();
+        if nets.is_empty() {
+            return;
+        }
+        let before = delta.lifted_at;
+        let lifted = self
+            .ctx
+            .blocking(move |a| {
+                let mut all = Vec::new();
+                for net in nets {
+                    all.extend(a.lift_own_bans(net, before)?);
+                }
+                Ok::<_, crate::engine::AgentError>(all)
+            })
+            .await;
+        match lifted {
+            Ok(l) if l.is_empty() => {}
+            Ok(l) => info!(lifted = ?l, "this host's own bans lifted by the controller"),
+            Err(e) => error!(error = %e, "cannot lift this host's own ban as the controller asked"),
+        }
     }
 
     /// Records and enforces what a message changed.
@@ -916,17 +991,68 @@ async fn probe(url: String, e: Enrolled, deadline: u64) -> Result<(), String> {
     }
 }
 
-fn user_rules(local: &Local, rules: &UserRules) {
-    let users: BTreeMap<&String, &Vec<String>> = rules
+/// Stores the tenant's per-user rules; true when they changed.
+fn user_rules(local: &Local, rules: &UserRules) -> bool {
+    let users: BTreeMap<String, Vec<String>> = rules
         .users
         .iter()
-        .map(|(ext, list)| (ext, &list.services))
+        .map(|(ext, list)| (ext.clone(), list.services.clone()))
         .collect();
+    if pushed_user_rules(local.dir.parent().unwrap_or(&local.dir)).as_ref() == Some(&users) {
+        return false;
+    }
     info!(
         users = users.len(),
-        "per-user rules from the controller stored (enforced by the host's own rules for now)"
+        "per-user rules from the controller stored; they take precedence over the host's own"
     );
     local.write_json(USER_RULES_FILE, &users);
+    true
+}
+
+/// The per-user rules the controller pushed (`None`: never any).
+pub fn pushed_user_rules(state_dir: &Path) -> Option<BTreeMap<String, Vec<String>>> {
+    let text = std::fs::read_to_string(identity::dir(state_dir).join(USER_RULES_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The address and optional single port of a question.
+fn explain_query(
+    q: &ExplainQuery,
+) -> Result<(IpAddr, Option<(palisade_model::Proto, u16)>), String> {
+    let addr: IpAddr = q
+        .address
+        .trim()
+        .parse()
+        .map_err(|_| format!("{:?} is not an IP address", q.address))?;
+    let port = q.port.trim();
+    if port.is_empty() {
+        return Ok((addr, None));
+    }
+    let spec: palisade_model::PortSpec = port.parse().map_err(|e| format!("port {port:?}: {e}"))?;
+    if spec.range.first != spec.range.last {
+        return Err(format!("{port}: explain takes one port, not a range"));
+    }
+    Ok((addr, Some((spec.proto, spec.range.first))))
+}
+
+fn host_verdict(v: &palisade_model::Verdict) -> HostVerdict {
+    use palisade_model::Decision;
+    HostVerdict {
+        host: String::new(),
+        allowed: v.decision == Decision::Accept,
+        why: v.reason.clone(),
+        decision: match v.decision {
+            Decision::Accept => "allowed",
+            Decision::Drop => "blocked",
+            Decision::PerService => "per-service",
+        }
+        .into(),
+        stage: v.stage.as_str().into(),
+        open_services: v.open_services.clone(),
+        answered: true,
+        last_seen: 0,
+        zone: v.zone.map(|z| z.to_string()).unwrap_or_default(),
+    }
 }
 
 fn report(b: &BanRecord) -> Up {
@@ -935,7 +1061,7 @@ fn report(b: &BanRecord) -> Up {
             address: b.addr.to_string(),
             reason: b.reason.clone(),
             detail: b.comment.clone(),
-            evidence: Vec::new(),
+            evidence: b.evidence.clone(),
             banned_at: b.at,
             expires_at: b.until,
             origin: String::new(),
@@ -1101,6 +1227,7 @@ mod tests {
             reason: reason.into(),
             comment: format!("{reason}: test"),
             offence: 1,
+            evidence: Vec::new(),
         })
     }
 
@@ -1171,7 +1298,7 @@ mod tests {
                     expires_at: 1060,
                     ..Ban::default()
                 }],
-                lifted: vec![],
+                ..Default::default()
             },
             1000,
         );

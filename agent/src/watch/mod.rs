@@ -691,6 +691,7 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>, book: BanBook) {
                         reason: v.reason.as_str().to_string(),
                         comment: clip_comment(&v.comment()),
                         offence: v.offence,
+                        evidence: v.evidence.clone(),
                     }));
                     metrics::counter!("palisade_bans_total", "reason" => v.reason.as_str())
                         .increment(1);

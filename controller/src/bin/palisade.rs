@@ -70,6 +70,48 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// A tenant's per-user rules: which services an extension gets at the
+    /// address it registers from.
+    Users {
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// Why is an address allowed or blocked, at every host of the tenant?
+    /// e.g. `explain --tenant acme 203.0.113.7 5060/udp`.
+    Explain {
+        #[arg(long)]
+        tenant: String,
+        address: String,
+        /// PORT/PROTO, e.g. 22/tcp.
+        port: Option<String>,
+    },
+    /// Follow the fleet's events as they happen (bans, lifts, hosts going
+    /// on- and offline, policy results, refusals) until interrupted.
+    Events {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Print the tenant's rules, one `EXTENSION = SERVICE,...` per line.
+    Get {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Replace the tenant's rules: `300=ucp 301=ucp,webrtc 333=admin,ssh`
+    /// (an extension with nothing after `=` gets nothing).
+    Set {
+        #[arg(long)]
+        tenant: String,
+        rules: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +175,14 @@ enum PolicyCmd {
         #[arg(long, default_value = "")]
         site: String,
         file: Option<PathBuf>,
+    },
+    /// Edit the stored policy in $EDITOR; it is validated before it is
+    /// stored, and a document that does not validate is offered again.
+    Edit {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        site: String,
     },
 }
 
@@ -223,7 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .hosts;
-            println!("HOST\tSTATE\tLAST SEEN\tREVISION\tVERSION\tADDRESSES");
+            println!("HOST\tSTATE\tLAST SEEN\tREVISION\tVERSION\tADDRESSES\tPOLICY");
             for h in hosts {
                 let state = if h.revoked {
                     "revoked"
@@ -232,8 +282,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     "offline"
                 };
+                let policy = match (h.policy_revision, h.policy_error.as_str()) {
+                    (0, _) => "local".to_string(),
+                    (r, "") => format!("r{r} applied"),
+                    (r, e) => format!("r{r} NOT APPLIED: {e}"),
+                };
                 println!(
-                    "{}/{}/{}\t{state}\t{}\t{}\t{}\t{}",
+                    "{}/{}/{}\t{state}\t{}\t{}\t{}\t{}\t{policy}",
                     h.tenant,
                     h.site,
                     h.name,
@@ -351,22 +406,231 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(f) => read(&f)?,
                 None => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
             };
-            op.set_policy(pb::PolicyDocument {
+            store_policy(&mut op, &tenant, &site, toml).await?;
+        }
+        Cmd::Policy {
+            cmd: PolicyCmd::Edit { tenant, site },
+        } => {
+            let current = match op
+                .get_policy(pb::ScopeRef {
+                    tenant: tenant.clone(),
+                    site: site.clone(),
+                })
+                .await
+            {
+                Ok(p) => p.into_inner().toml,
+                Err(st) if st.code() == tonic::Code::NotFound => String::new(),
+                Err(st) => return Err(st.into()),
+            };
+            let Some(toml) = edit_policy(&current, &format!("{tenant}/{site}"))? else {
+                println!("unchanged; nothing stored");
+                return Ok(());
+            };
+            store_policy(&mut op, &tenant, &site, toml).await?;
+        }
+        Cmd::Users {
+            cmd: UsersCmd::Get { tenant },
+        } => {
+            let rules = op
+                .get_user_rules(pb::ScopeRef {
+                    tenant,
+                    site: String::new(),
+                })
+                .await?
+                .into_inner();
+            let sorted: std::collections::BTreeMap<_, _> = rules.users.into_iter().collect();
+            for (ext, list) in sorted {
+                println!("{ext} = {}", list.services.join(","));
+            }
+        }
+        Cmd::Users {
+            cmd: UsersCmd::Set { tenant, rules },
+        } => {
+            let users = parse_user_rules(&rules)?;
+            let n = users.len();
+            op.set_user_rules(pb::UserRulesRequest {
                 tenant: tenant.clone(),
-                site: site.clone(),
-                toml,
-                revision: 0,
+                rules: Some(pb::UserRules { users }),
             })
             .await?;
-            println!(
-                "policy stored for {tenant}{}",
-                if site.is_empty() {
+            println!("per-user rules of {tenant} stored ({n} extensions)");
+        }
+        Cmd::Explain {
+            tenant,
+            address,
+            port,
+        } => {
+            let r = op
+                .explain(pb::ExplainRequest {
+                    tenant,
+                    address: address.clone(),
+                    port: port.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let target = port.map(|p| format!(" {p}")).unwrap_or_default();
+            println!("{address}{target}:");
+            for h in &r.hosts {
+                let decision = h.decision.to_uppercase().replace('-', " ");
+                let stage = if h.stage.is_empty() {
                     String::new()
                 } else {
-                    format!("/{site}")
+                    format!(" at stage {}", h.stage)
+                };
+                println!("  {}\t{decision}{stage}: {}", h.host, h.why);
+                if !h.open_services.is_empty() {
+                    println!("  \t  open: {}", h.open_services.join(", "));
                 }
-            );
+            }
+            if !r.peer_of.is_empty() {
+                println!("an address of the tenant's host {}", r.peer_of);
+            }
+            for b in &r.bans {
+                println!(
+                    "banned in the tenant: {} ({}{}) from {}, expires {}",
+                    b.address,
+                    b.reason,
+                    if b.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", b.detail)
+                    },
+                    b.origin,
+                    when(b.expires_at)
+                );
+                for e in &b.evidence {
+                    println!("  evidence: {e}");
+                }
+            }
+        }
+        Cmd::Events {
+            tenant,
+            site,
+            count,
+        } => {
+            let mut stream = op
+                .events(pb::ScopeRef {
+                    tenant: tenant.unwrap_or_default(),
+                    site: site.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            let mut seen = 0;
+            while count.is_none_or(|c| seen < c) {
+                let Some(e) = stream.message().await? else {
+                    break;
+                };
+                seen += 1;
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    when(e.at),
+                    e.host,
+                    e.kind,
+                    if e.address.is_empty() {
+                        "-"
+                    } else {
+                        &e.address
+                    },
+                    e.summary
+                );
+                for line in &e.evidence {
+                    println!("\t  evidence: {line}");
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+            }
         }
     }
     Ok(())
+}
+
+async fn store_policy(
+    op: &mut client::OperatorClient,
+    tenant: &str,
+    site: &str,
+    toml: String,
+) -> anyhow::Result<()> {
+    op.set_policy(pb::PolicyDocument {
+        tenant: tenant.to_string(),
+        site: site.to_string(),
+        toml,
+        revision: 0,
+    })
+    .await?;
+    println!(
+        "policy stored for {tenant}{}",
+        if site.is_empty() {
+            String::new()
+        } else {
+            format!("/{site}")
+        }
+    );
+    Ok(())
+}
+
+/// Opens `current` in $VISUAL/$EDITOR (vi) until it validates or the
+/// operator leaves it unchanged; `None`: unchanged.
+fn edit_policy(current: &str, scope: &str) -> anyhow::Result<Option<String>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, current)?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    loop {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("sh")
+            .arg(&path)
+            .status()
+            .with_context(|| format!("running the editor {editor:?}"))?;
+        if !status.success() {
+            bail!("the editor {editor:?} failed ({status}); nothing stored");
+        }
+        let text = read(&path)?;
+        if text == current {
+            return Ok(None);
+        }
+        match palisade_model::parse_policy(&text, &format!("policy of {scope}")) {
+            Ok(_) => return Ok(Some(text)),
+            Err(e) => {
+                eprintln!("{e}");
+                if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                    bail!("the edited policy does not validate; nothing stored");
+                }
+                eprint!("edit again? [Y/n] ");
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if answer.trim().eq_ignore_ascii_case("n") {
+                    bail!("the edited policy does not validate; nothing stored");
+                }
+            }
+        }
+    }
+}
+
+/// `EXT=SERVICE,SERVICE` words into the wire's map.
+fn parse_user_rules(
+    words: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, pb::ServiceList>> {
+    let mut users = std::collections::HashMap::new();
+    for w in words {
+        let Some((ext, list)) = w.split_once('=') else {
+            bail!("{w:?}: expected EXTENSION=SERVICE,SERVICE (e.g. 301=ucp,webrtc)");
+        };
+        let services = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if users
+            .insert(ext.trim().to_string(), pb::ServiceList { services })
+            .is_some()
+        {
+            bail!("extension {} given twice", ext.trim());
+        }
+    }
+    Ok(users)
 }
