@@ -7,6 +7,7 @@ pub mod cli;
 pub mod controller;
 pub mod discover;
 pub mod engine;
+pub mod events;
 pub mod follow;
 pub mod lockout;
 pub mod names;

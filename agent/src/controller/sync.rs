@@ -34,8 +34,8 @@ use palisade_proto::v1::agent_message::Body as Up;
 use palisade_proto::v1::agent_service_client::AgentServiceClient;
 use palisade_proto::v1::controller_message::Body as Down;
 use palisade_proto::v1::{
-    AgentMessage, Ban, BanDelta, BanReport, ControllerMessage, ExplainAnswer, ExplainQuery,
-    Heartbeat, Hello, HostVerdict, PolicyResult, PolicyUpdate, UserRules,
+    AgentEvent, AgentMessage, Ban, BanDelta, BanReport, ControllerMessage, ExplainAnswer,
+    ExplainQuery, Heartbeat, Hello, HostVerdict, PolicyResult, PolicyUpdate, UserRules,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -476,8 +476,30 @@ async fn session(ctx: &Ctx, enrolled: &Enrolled, local: &mut Local) -> End {
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut addresses_checked = Instant::now();
+    let mut events = crate::events::subscribe();
     loop {
         tokio::select! {
+            ev = events.recv(), if s.welcomed => {
+                let ev = match ev {
+                    Ok(e) => AgentEvent {
+                        at: now_unix(),
+                        kind: e.kind.to_string(),
+                        address: e.addr.map(|a| a.to_string()).unwrap_or_default(),
+                        summary: e.summary,
+                        ..AgentEvent::default()
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => AgentEvent {
+                        at: now_unix(),
+                        kind: "lagged".into(),
+                        summary: format!("{n} of this host's events were dropped"),
+                        ..AgentEvent::default()
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => continue,
+                };
+                if let Err(why) = s.send(Up::Event(ev)).await {
+                    return s.lost(why);
+                }
+            }
             msg = inbound.message() => {
                 let msg = match msg {
                     Ok(Some(m)) => m,

@@ -29,7 +29,7 @@ use palisade_guard::sip::{self, Limits, Parsed, StreamConfig, Streams, Transport
 use palisade_guard::{Action, Direction, Event, Exempt, Judge, Tracker, Verdict};
 use palisade_model::dynamic::clip_comment;
 use palisade_model::{DynSet, Grant, Policy, Proto, Responsive, TimedAddr, Zone};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
@@ -654,9 +654,48 @@ fn log_verdict(v: &Verdict) {
     );
 }
 
+/// What holds until a deadline (a registration, a grant): tells a start
+/// from a renewal and a real end from a late one, so only changes become
+/// events.
+struct Lasting<K> {
+    until: HashMap<K, Instant>,
+}
+
+impl<K> Default for Lasting<K> {
+    fn default() -> Self {
+        Lasting {
+            until: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Lasting<K> {
+    /// Bounds the memory of a host that sees many sources.
+    const MAX: usize = 65_536;
+
+    /// True when `key` was not in force.
+    fn start(&mut self, key: K, ttl: Option<Duration>) -> bool {
+        let now = Instant::now();
+        let until = now + ttl.unwrap_or(Duration::from_secs(3600));
+        let was = self.until.insert(key, until).is_some_and(|t| t > now);
+        if self.until.len() > Self::MAX {
+            self.until.retain(|_, t| *t > now);
+        }
+        !was
+    }
+
+    /// True when `key` was in force.
+    fn end(&mut self, key: &K) -> bool {
+        self.until.remove(key).is_some_and(|t| t > Instant::now())
+    }
+}
+
 /// Applies actions as they come, in batches: everything that queued up while
 /// the previous transaction ran goes into the next one.
 fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>, book: BanBook) {
+    // What is known-good and granted now, so only changes become events.
+    let mut known_good: Lasting<IpAddr> = Lasting::default();
+    let mut granted: Lasting<(IpAddr, Proto, u16)> = Lasting::default();
     while let Ok(first) = actions.recv() {
         let mut batch = vec![first];
         while let Ok(more) = actions.try_recv() {
@@ -674,7 +713,29 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>, book: BanBook) {
                 Work::Grants(change) => {
                     for (open, list) in [(true, &change.open), (false, &change.close)] {
                         for g in list {
-                            grants.insert((g.addr, g.proto, g.port), (open, g.clone()));
+                            let key = (g.addr, g.proto, g.port);
+                            let changed = if open {
+                                granted.start(key, g.ttl)
+                            } else {
+                                granted.end(&key)
+                            };
+                            if changed {
+                                crate::events::emit(
+                                    if open { "grant-open" } else { "grant-close" },
+                                    g.addr,
+                                    format!(
+                                        "{}/{} {}{}",
+                                        g.port,
+                                        g.proto,
+                                        if open { "opened" } else { "closed" },
+                                        g.comment
+                                            .as_deref()
+                                            .map(|c| format!(" ({c})"))
+                                            .unwrap_or_default()
+                                    ),
+                                );
+                            }
+                            grants.insert(key, (open, g.clone()));
                         }
                     }
                     continue;
@@ -708,6 +769,13 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>, book: BanBook) {
                 Action::KnownGood { addr, ttl, users } => {
                     debug!(%addr, ttl = ?ttl, ?users, "known-good");
                     let users: Vec<&str> = users.iter().map(|u| &**u).collect();
+                    if known_good.start(*addr, Some(*ttl)) {
+                        crate::events::emit(
+                            "known-good",
+                            *addr,
+                            format!("registered: {}", users.join(",")),
+                        );
+                    }
                     renew.insert(
                         (DynSet::KnownGood, *addr),
                         Some(TimedAddr {
@@ -723,6 +791,13 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>, book: BanBook) {
                 }
                 Action::KnownGoodEnd { addr } => {
                     debug!(%addr, "no longer known-good");
+                    if known_good.end(addr) {
+                        crate::events::emit(
+                            "known-good-end",
+                            *addr,
+                            "its last registration ended".into(),
+                        );
+                    }
                     renew.insert((DynSet::KnownGood, *addr), None);
                 }
                 Action::Notice {
@@ -732,6 +807,11 @@ fn enforce_loop(mut shell: NftShell, actions: Receiver<Timed>, book: BanBook) {
                 } => {
                     metrics::counter!("palisade_auth_failures_noticed_total").increment(1);
                     warn!(%addr, user = %user, failures, "extension failing to authenticate");
+                    crate::events::emit(
+                        "auth-failing",
+                        *addr,
+                        format!("extension {user}: {failures} failed authentications (tolerated: a phone's pace)"),
+                    );
                 }
             }
         }
