@@ -280,3 +280,208 @@ async fn the_binaries_work_together_and_kill_9_loses_nothing_acknowledged() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cert FILE"));
 }
+
+/// A controller process with one operator and one connected simulated agent
+/// of tenant t1.
+async fn fleet_of_one(
+    dir: &Path,
+) -> (
+    Controller,
+    std::path::PathBuf,
+    palisade_controller::sandbox::SimAgent,
+) {
+    let data = dir.join("data");
+    let cert = dir.join("bob.pem");
+    let out = Command::new(CONTROLLER)
+        .args(["operator-cert", "--data"])
+        .arg(&data)
+        .args(["--name", "bob", "--out"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let c = start(&data, &format!("127.0.0.1:{}", free_port()), None);
+    let token = ok(
+        &c,
+        &cert,
+        &["token", "create", "--tenant", "t1", "--site", "a"],
+    );
+    let ca = std::fs::read_to_string(data.join("ca.pem")).unwrap();
+    let agent = AgentCreds::enroll(&c.url, &ca, token.trim(), "pbx1")
+        .await
+        .unwrap();
+    let mut s = agent.sync(0, &["198.51.100.1"]).await.unwrap();
+    s.drain(Duration::from_millis(200)).await.unwrap();
+    (c, cert, s)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_edit_user_rules_explain_and_events_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, cert, mut s) = fleet_of_one(dir.path()).await;
+
+    // `policy edit`: the operator's editor changes the stored document; an
+    // edit that does not validate stores nothing.
+    let edit = |editor: &str| {
+        Command::new(CLI)
+            .args(["--controller", &c.url, "--cert"])
+            .arg(&cert)
+            .args(["policy", "edit", "--tenant", "t1", "--site", "a"])
+            .env("EDITOR", editor)
+            .env_remove("VISUAL")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = edit("sh -c 'echo \"management = [\\\"192.0.2.10\\\"]\" > \"$1\"' sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = edit("sed -i s/192.0.2.10/192.0.2.11/");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.wait_until(Duration::from_secs(1), |s| {
+        s.policy.as_deref() == Some("management = [\"192.0.2.11\"]\n")
+    })
+    .await
+    .unwrap();
+    let out = edit("sed -i s/192.0.2.11/192.0.2.999/");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("192.0.2.999") && err.contains("nothing stored"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(
+            &c,
+            &cert,
+            &["policy", "get", "--tenant", "t1", "--site", "a"]
+        ),
+        "management = [\"192.0.2.11\"]\n"
+    );
+    let out = edit("true");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"));
+
+    // Per-user rules.
+    ok(
+        &c,
+        &cert,
+        &["users", "set", "--tenant", "t1", "300=ucp", "333=admin,ssh"],
+    );
+    assert_eq!(
+        ok(&c, &cert, &["users", "get", "--tenant", "t1"]),
+        "300 = ucp\n333 = admin,ssh\n"
+    );
+    let (success, _, err) = cli(
+        &c,
+        &cert,
+        &["users", "set", "--tenant", "t1", "300=ucp,telnet"],
+    );
+    assert!(
+        !success && err.contains("unknown service \"telnet\""),
+        "{err}"
+    );
+    let (success, _, err) = cli(&c, &cert, &["users", "set", "--tenant", "t1", "300"]);
+    assert!(!success && err.contains("EXTENSION=SERVICE"), "{err}");
+    s.wait_until(Duration::from_secs(1), |s| s.user_rules.is_some())
+        .await
+        .unwrap();
+
+    // `events` follows the fleet: a ban and its lift, as they happen.
+    let mut events = Command::new(CLI)
+        .args(["--controller", &c.url, "--cert"])
+        .arg(&cert)
+        .args(["events", "--tenant", "t1", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Never a hung test: an event that did not come fails it.
+    let pid = events.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+    });
+    // It says so once the controller has subscribed it.
+    let mut said = String::new();
+    BufReader::new(events.stderr.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.starts_with("following the events of t1"), "{said}");
+    ok(
+        &c,
+        &cert,
+        &[
+            "ban",
+            "add",
+            "--tenant",
+            "t1",
+            "203.0.113.5",
+            "--reason",
+            "scanner",
+        ],
+    );
+    ok(&c, &cert, &["ban", "lift", "--tenant", "t1", "203.0.113.5"]);
+    let mut text = String::new();
+    events
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(events.wait().unwrap().success());
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("\toperator:bob\tban\t203.0.113.5\tscanner"),
+        "{text}"
+    );
+    assert!(lines[1].contains("\tlift\t203.0.113.5\t"), "{text}");
+
+    // `explain`: the connected host answers, in the CLI's words.
+    let url = c.url.clone();
+    let cert2 = cert.clone();
+    let asked = tokio::task::spawn_blocking(move || {
+        Command::new(CLI)
+            .args(["--controller", &url, "--cert"])
+            .arg(&cert2)
+            .args(["explain", "--tenant", "t1", "198.51.100.50", "22/tcp"])
+            .output()
+            .unwrap()
+    });
+    s.wait_until(Duration::from_secs(3), |s| !s.questions.is_empty())
+        .await
+        .unwrap();
+    let q = s.questions.remove(0);
+    s.send(palisade_proto::v1::agent_message::Body::Explain(
+        palisade_proto::v1::ExplainAnswer {
+            id: q.id,
+            verdict: Some(palisade_proto::v1::HostVerdict {
+                decision: "blocked".into(),
+                stage: "zones".into(),
+                why: "zone internet: ssh is not open to it".into(),
+                ..Default::default()
+            }),
+            error: String::new(),
+        },
+    ))
+    .await
+    .unwrap();
+    let out = asked.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("t1/a/pbx1\tBLOCKED at stage zones: zone internet: ssh is not open to it"),
+        "{text}"
+    );
+}

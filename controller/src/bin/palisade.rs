@@ -508,6 +508,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             site,
             count,
         } => {
+            let scope = match (&tenant, &site) {
+                (None, _) => "every tenant".to_string(),
+                (Some(t), None) => t.clone(),
+                (Some(t), Some(s)) => format!("{t}/{s}"),
+            };
             let mut stream = op
                 .events(pb::ScopeRef {
                     tenant: tenant.unwrap_or_default(),
@@ -515,6 +520,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
+            // The controller subscribed before it answered: from here on
+            // nothing is missed.
+            eprintln!("following the events of {scope} (Ctrl-C ends)");
             let mut seen = 0;
             while count.is_none_or(|c| seen < c) {
                 let Some(e) = stream.message().await? else {
