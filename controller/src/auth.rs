@@ -10,7 +10,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
-use crate::identity::{valid_name, HostId, Identity};
+use crate::identity::{HostId, Identity, OperatorId};
 use crate::pki::identity_from_cert;
 
 /// The verified peer's identity and certificate serial; `None` without a
@@ -31,8 +31,8 @@ pub fn peer<T>(req: &Request<T>) -> Result<Option<(Identity, String)>, Status> {
 pub fn agent<T>(req: &Request<T>) -> Result<(HostId, String), Status> {
     match peer(req)? {
         Some((Identity::Agent(h), serial)) => Ok((h, serial)),
-        Some((Identity::Operator(name), _)) => Err(Status::permission_denied(format!(
-            "operator {name:?} can't open an agent stream; agents use their enrolment certificate"
+        Some((Identity::Operator(op), _)) => Err(Status::permission_denied(format!(
+            "operator {op} can't open an agent stream; agents use their enrolment certificate"
         ))),
         None => Err(Status::unauthenticated(
             "a client certificate from this controller's CA is required (enrol first: palisade-agent enroll)",
@@ -40,10 +40,11 @@ pub fn agent<T>(req: &Request<T>) -> Result<(HostId, String), Status> {
     }
 }
 
-/// Operator bearer tokens (`--operator-tokens FILE`, lines `NAME TOKEN`),
+/// Operator bearer tokens (`--operator-tokens FILE`, lines `NAME TOKEN`
+/// for an operator of every tenant, `NAME TOKEN TENANT` for one tenant's),
 /// kept as SHA-256 hashes.
 #[derive(Default, Clone)]
-pub struct OperatorTokens(Vec<(String, [u8; 32])>);
+pub struct OperatorTokens(Vec<(OperatorId, [u8; 32])>);
 
 impl OperatorTokens {
     pub fn load(path: &Path) -> Result<OperatorTokens, String> {
@@ -59,35 +60,38 @@ impl OperatorTokens {
                 continue;
             }
             let mut parts = line.split_whitespace();
-            let (Some(name), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(format!("line {}: expected `NAME TOKEN`", n + 1));
+            let (Some(name), Some(token), tenant, None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(format!("line {}: expected `NAME TOKEN [TENANT]`", n + 1));
             };
-            valid_name("operator", name).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let op = match tenant {
+                Some(t) => OperatorId::of_tenant(name, t),
+                None => OperatorId::fleet(name),
+            };
+            op.check().map_err(|e| format!("line {}: {e}", n + 1))?;
             if token.len() < 16 {
                 return Err(format!(
                     "line {}: the token is shorter than 16 characters",
                     n + 1
                 ));
             }
-            out.push((name.to_string(), Sha256::digest(token.as_bytes()).into()));
+            out.push((op, Sha256::digest(token.as_bytes()).into()));
         }
         Ok(OperatorTokens(out))
     }
 
-    fn find(&self, token: &str) -> Option<&str> {
+    fn find(&self, token: &str) -> Option<&OperatorId> {
         let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.0
-            .iter()
-            .find(|(_, t)| *t == h)
-            .map(|(n, _)| n.as_str())
+        self.0.iter().find(|(_, t)| *t == h).map(|(op, _)| op)
     }
 }
 
-/// For the operator API: the operator's name, from its certificate or its
-/// bearer token.
-pub fn operator<T>(req: &Request<T>, tokens: &OperatorTokens) -> Result<String, Status> {
+/// For the operator API: the operator, from its certificate or its bearer
+/// token.
+pub fn operator<T>(req: &Request<T>, tokens: &OperatorTokens) -> Result<OperatorId, Status> {
     match peer(req)? {
-        Some((Identity::Operator(name), _)) => Ok(name),
+        Some((Identity::Operator(op), _)) => Ok(op),
         Some((Identity::Agent(h), _)) => Err(Status::permission_denied(format!(
             "agent {h} can't use the operator API"
         ))),
@@ -98,7 +102,7 @@ pub fn operator<T>(req: &Request<T>, tokens: &OperatorTokens) -> Result<String, 
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             match bearer {
-                Some(t) => tokens.find(t.trim()).map(str::to_string).ok_or_else(|| {
+                Some(t) => tokens.find(t.trim()).cloned().ok_or_else(|| {
                     Status::unauthenticated("the operator token is not known to this controller")
                 }),
                 None => Err(Status::unauthenticated(
@@ -116,11 +120,20 @@ mod tests {
     #[test]
     fn operator_tokens() {
         let t = OperatorTokens::parse(
-            "# ops\nalice 0123456789abcdef0123\n\nbob fedcba98765432100000\n",
+            "# ops\nalice 0123456789abcdef0123\n\nbob fedcba98765432100000 acme\n",
         )
         .unwrap();
-        assert_eq!(t.find("0123456789abcdef0123"), Some("alice"));
+        assert_eq!(
+            t.find("0123456789abcdef0123"),
+            Some(&OperatorId::fleet("alice"))
+        );
+        assert_eq!(
+            t.find("fedcba98765432100000"),
+            Some(&OperatorId::of_tenant("bob", "acme"))
+        );
         assert_eq!(t.find("nope"), None);
+        assert!(OperatorTokens::parse("bob fedcba98765432100000 ac/me").is_err());
+        assert!(OperatorTokens::parse("bob fedcba98765432100000 acme extra").is_err());
         assert!(OperatorTokens::parse("alice short").is_err());
         assert!(OperatorTokens::parse("a/b 0123456789abcdef0123").is_err());
     }

@@ -4,7 +4,9 @@
 //! as one URI subject alternative name:
 //!
 //! - agents: `palisade://agent/<tenant>/<site>/<host>`
-//! - operators: `palisade://operator/<name>`
+//! - operators of the whole fleet (the MSP's own staff):
+//!   `palisade://operator/<name>`
+//! - operators of one tenant (a customer's IT): `palisade://operator/<tenant>/<name>`
 //!
 //! Every part is a [`valid_name`] (letters, digits, `.`, `_`, `-`; no `/`),
 //! so the URI splits back without ambiguity. The common name is only for
@@ -66,11 +68,60 @@ impl fmt::Display for HostId {
     }
 }
 
+/// An operator: a name, and the one tenant it may act on (`None`: every
+/// tenant).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorId {
+    pub name: String,
+    pub tenant: Option<String>,
+}
+
+impl OperatorId {
+    /// An operator of the whole fleet.
+    pub fn fleet(name: &str) -> OperatorId {
+        OperatorId {
+            name: name.to_string(),
+            tenant: None,
+        }
+    }
+
+    /// An operator of `tenant` only.
+    pub fn of_tenant(name: &str, tenant: &str) -> OperatorId {
+        OperatorId {
+            name: name.to_string(),
+            tenant: Some(tenant.to_string()),
+        }
+    }
+
+    pub fn check(&self) -> Result<(), NameError> {
+        valid_name("operator", &self.name)?;
+        match &self.tenant {
+            Some(t) => valid_name("tenant", t),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this operator may act on `tenant`.
+    pub fn may(&self, tenant: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant)
+    }
+}
+
+impl fmt::Display for OperatorId {
+    /// `name` for the fleet's operators, `tenant/name` for a tenant's.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant {
+            Some(t) => write!(f, "{t}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
 /// The authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Identity {
     Agent(HostId),
-    Operator(String),
+    Operator(OperatorId),
 }
 
 impl Identity {
@@ -78,7 +129,7 @@ impl Identity {
     pub fn uri(&self) -> String {
         match self {
             Identity::Agent(h) => h.uri(),
-            Identity::Operator(n) => format!("{URI_PREFIX}operator/{n}"),
+            Identity::Operator(o) => format!("{URI_PREFIX}operator/{o}"),
         }
     }
 
@@ -87,8 +138,12 @@ impl Identity {
         let rest = uri.strip_prefix(URI_PREFIX)?;
         Some(if let Some(path) = rest.strip_prefix("agent/") {
             HostId::parse(path).map(Identity::Agent)
-        } else if let Some(name) = rest.strip_prefix("operator/") {
-            valid_name("operator", name).map(|()| Identity::Operator(name.to_string()))
+        } else if let Some(path) = rest.strip_prefix("operator/") {
+            let op = match path.split_once('/') {
+                Some((tenant, name)) => OperatorId::of_tenant(name, tenant),
+                None => OperatorId::fleet(path),
+            };
+            op.check().map(|()| Identity::Operator(op))
         } else {
             Err(NameError::Shape(uri.to_string()))
         })
@@ -98,7 +153,7 @@ impl Identity {
     pub fn actor(&self) -> String {
         match self {
             Identity::Agent(h) => format!("agent:{h}"),
-            Identity::Operator(n) => format!("operator:{n}"),
+            Identity::Operator(o) => format!("operator:{o}"),
         }
     }
 }
@@ -166,8 +221,15 @@ mod tests {
         let a = Identity::Agent(HostId::new("acme", "hq", "pbx1.example.com"));
         assert_eq!(a.uri(), "palisade://agent/acme/hq/pbx1.example.com");
         assert_eq!(Identity::from_uri(&a.uri()), Some(Ok(a)));
-        let o = Identity::Operator("alice".into());
+        let o = Identity::Operator(OperatorId::fleet("alice"));
         assert_eq!(Identity::from_uri(&o.uri()), Some(Ok(o)));
+        let o = Identity::Operator(OperatorId::of_tenant("bob", "acme"));
+        assert_eq!(o.uri(), "palisade://operator/acme/bob");
+        assert_eq!(o.actor(), "operator:acme/bob");
+        assert_eq!(Identity::from_uri(&o.uri()), Some(Ok(o)));
+        assert!(Identity::from_uri("palisade://operator/a/b/c")
+            .unwrap()
+            .is_err());
         assert_eq!(Identity::from_uri("https://example.com"), None);
     }
 

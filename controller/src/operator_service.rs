@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::auth::{self, OperatorTokens};
 use crate::fleet::{ban_to_pb, canonical_target, check_ban, check_name, status_of, Fleet};
-use crate::identity::HostId;
+use crate::identity::{HostId, OperatorId};
 use crate::store::{now_secs, AuditRecord, TokenRecord};
 use crate::token::{new_secret, secret_hash, TokenClaims};
 
@@ -31,25 +31,65 @@ pub struct OperatorApi {
     pub tokens: OperatorTokens,
 }
 
+/// An authenticated operator and what it is doing (for refusals).
+struct Caller {
+    op: OperatorId,
+    /// `operator:<name>` or `operator:<tenant>/<name>`, for the audit trail.
+    actor: String,
+    action: &'static str,
+}
+
 impl OperatorApi {
-    /// Authenticates the operator, returns `operator:<name>`.
-    fn who<T>(&self, req: &Request<T>, rpc: &str) -> Result<String, Status> {
+    /// Authenticates the operator.
+    fn who<T>(&self, req: &Request<T>, action: &'static str) -> Result<Caller, Status> {
         auth::operator(req, &self.tokens)
-            .map(|n| format!("operator:{n}"))
+            .map(|op| Caller {
+                actor: format!("operator:{op}"),
+                op,
+                action,
+            })
             .inspect_err(|st| {
                 let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-                self.fleet.refused("", &format!("unknown@{peer}"), rpc, st);
+                self.fleet
+                    .refused("", &format!("unknown@{peer}"), action, st);
             })
     }
 
-    fn tenant_exists(&self, tenant: &str) -> Result<(), Status> {
+    /// `tenant` is a valid name the caller may act on (an operator of one
+    /// tenant is refused every other, and the refusal is audited there).
+    fn may(&self, who: &Caller, tenant: &str) -> Result<(), Status> {
         check_name("tenant", tenant)?;
+        if who.op.may(tenant) {
+            return Ok(());
+        }
+        let st = Status::permission_denied(format!(
+            "operator {} may act on tenant {:?} only",
+            who.op,
+            who.op.tenant.as_deref().unwrap_or_default()
+        ));
+        self.fleet.refused(tenant, &who.actor, who.action, &st);
+        Err(st)
+    }
+
+    /// The caller may act on `tenant`, and it exists.
+    fn tenant(&self, who: &Caller, tenant: &str) -> Result<(), Status> {
+        self.may(who, tenant)?;
         match self.fleet.store.tenant(tenant).map_err(status_of)? {
             Some(_) => Ok(()),
             None => Err(Status::not_found(format!(
                 "unknown tenant {tenant:?} (a tenant is created by its first token)"
             ))),
         }
+    }
+
+    /// For listings where an empty tenant means "every tenant": an operator
+    /// of one tenant gets its own; `None` means every tenant.
+    fn scope<'a>(&self, who: &'a Caller, tenant: &'a str) -> Result<Option<&'a str>, Status> {
+        if tenant.is_empty() {
+            return Ok(who.op.tenant.as_deref());
+        }
+        self.tenant(who, tenant)?;
+        Ok(Some(tenant))
     }
 }
 
@@ -119,7 +159,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         rpc!("CreateToken", async {
             let who = self.who(&req, "token.create")?;
             let r = req.into_inner();
-            check_name("tenant", &r.tenant)?;
+            self.may(&who, &r.tenant)?;
             check_name("site", &r.site)?;
             let valid = match r.valid_secs {
                 0 => TOKEN_DEFAULT_SECS,
@@ -144,13 +184,13 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 tenant: r.tenant.clone(),
                 site: r.site.clone(),
                 created_at: now,
-                created_by: who.clone(),
+                created_by: who.actor.clone(),
                 expires_at: claims.exp,
                 used_by: None,
             };
             let audit = AuditRecord::new(
                 &r.tenant,
-                &who,
+                &who.actor,
                 "token.create",
                 format!("site {}, expires {}", r.site, claims.exp),
             );
@@ -168,10 +208,13 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
 
     async fn list_tenants(&self, req: Request<pb::ListRequest>) -> Reply<pb::ListTenantsResponse> {
         rpc!("ListTenants", async {
-            self.who(&req, "tenants.list")?;
+            let who = self.who(&req, "tenants.list")?;
             let store = &self.fleet.store;
             let mut tenants = Vec::new();
             for t in store.tenants().map_err(status_of)? {
+                if !who.op.may(&t.name) {
+                    continue;
+                }
                 let sites = store
                     .sites(&t.name)
                     .map_err(status_of)?
@@ -189,14 +232,9 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
 
     async fn list_hosts(&self, req: Request<pb::ListHostsRequest>) -> Reply<pb::ListHostsResponse> {
         rpc!("ListHosts", async {
-            self.who(&req, "hosts.list")?;
+            let who = self.who(&req, "hosts.list")?;
             let tenant = req.into_inner().tenant;
-            let filter = if tenant.is_empty() {
-                None
-            } else {
-                self.tenant_exists(&tenant)?;
-                Some(tenant.as_str())
-            };
+            let filter = self.scope(&who, &tenant)?;
             let hosts = self
                 .fleet
                 .store
@@ -225,21 +263,24 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         rpc!("RevokeHost", async {
             let who = self.who(&req, "host.revoke")?;
             let r = req.into_inner();
-            check_name("tenant", &r.tenant)?;
+            self.may(&who, &r.tenant)?;
             check_name("site", &r.site)?;
             check_name("host", &r.host)?;
             let id = HostId::new(&r.tenant, &r.site, &r.host);
-            self.fleet.revoke(&id, &who).await.map_err(status_of)?;
-            tracing::info!(host = %id, by = %who, "host revoked");
+            self.fleet
+                .revoke(&id, &who.actor)
+                .await
+                .map_err(status_of)?;
+            tracing::info!(host = %id, by = %who.actor, "host revoked");
             Ok(Response::new(pb::Empty {}))
         })
     }
 
     async fn get_policy(&self, req: Request<pb::ScopeRef>) -> Reply<pb::PolicyDocument> {
         rpc!("GetPolicy", async {
-            self.who(&req, "policy.get")?;
+            let who = self.who(&req, "policy.get")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             match self
                 .fleet
                 .store
@@ -269,12 +310,12 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         rpc!("SetPolicy", async {
             let who = self.who(&req, "policy.set")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             if !r.site.is_empty() {
                 check_name("site", &r.site)?;
             }
             let refuse = |st: Status| {
-                self.fleet.refused(&r.tenant, &who, "policy.set", &st);
+                self.fleet.refused(&r.tenant, &who.actor, "policy.set", &st);
                 st
             };
             if r.toml.len() > MAX_POLICY {
@@ -294,7 +335,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
             }
             let entry = self
                 .fleet
-                .set_policy(&r.tenant, &r.site, &r.toml, &who)
+                .set_policy(&r.tenant, &r.site, &r.toml, &who.actor)
                 .await
                 .map_err(status_of)?;
             tracing::info!(revision = entry.revision, "policy stored");
@@ -306,7 +347,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         rpc!("SetUserRules", async {
             let who = self.who(&req, "user_rules.set")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             let users: BTreeMap<String, Vec<String>> = r
                 .rules
                 .unwrap_or_default()
@@ -315,19 +356,20 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 .map(|(k, v)| (k, v.services))
                 .collect();
             if let Err(st) = self.check_user_rules(&r.tenant, &users) {
-                self.fleet.refused(&r.tenant, &who, "user_rules.set", &st);
+                self.fleet
+                    .refused(&r.tenant, &who.actor, "user_rules.set", &st);
                 return Err(st);
             }
             let audit = AuditRecord::new(
                 &r.tenant,
-                &who,
+                &who.actor,
                 "user_rules.set",
                 format!("{} users", users.len()),
             );
             let entry = self
                 .fleet
                 .store
-                .set_user_rules(&r.tenant, &users, &who, audit)
+                .set_user_rules(&r.tenant, &users, &who.actor, audit)
                 .map_err(status_of)?;
             self.fleet
                 .commit(Some(entry), Instant::now())
@@ -339,9 +381,9 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
 
     async fn get_user_rules(&self, req: Request<pb::ScopeRef>) -> Reply<pb::UserRules> {
         rpc!("GetUserRules", async {
-            self.who(&req, "user_rules.get")?;
+            let who = self.who(&req, "user_rules.get")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             let users = self
                 .fleet
                 .store
@@ -355,9 +397,9 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
 
     async fn list_bans(&self, req: Request<pb::ScopeRef>) -> Reply<pb::ListBansResponse> {
         rpc!("ListBans", async {
-            self.who(&req, "bans.list")?;
+            let who = self.who(&req, "bans.list")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             let now = now_secs();
             let site_prefix = format!("{}/{}/", r.tenant, r.site);
             let bans = self
@@ -379,10 +421,10 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
             let started = Instant::now();
             let who = self.who(&req, "ban.add")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             let now = now_secs();
-            let mut ban = check_ban(r.ban, &who, now).inspect_err(|st| {
-                self.fleet.refused(&r.tenant, &who, "ban.add", st);
+            let mut ban = check_ban(r.ban, &who.actor, now).inspect_err(|st| {
+                self.fleet.refused(&r.tenant, &who.actor, "ban.add", st);
             })?;
             if ban.reason == "unspecified" {
                 ban.reason = "manual".into();
@@ -395,7 +437,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
             metrics::counter!("palisade_controller_bans_received_total", "source" => "operator")
                 .increment(1);
             self.fleet
-                .add_ban(&r.tenant, ban, &who, started)
+                .add_ban(&r.tenant, ban, &who.actor, started)
                 .await
                 .map_err(status_of)?;
             Ok(Response::new(pb::Empty {}))
@@ -406,10 +448,10 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
         rpc!("LiftBan", async {
             let who = self.who(&req, "ban.lift")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             let address = canonical_target(&r.address)?;
             self.fleet
-                .lift_ban(&r.tenant, &address, &who)
+                .lift_ban(&r.tenant, &address, &who.actor)
                 .await
                 .map_err(status_of)?;
             Ok(Response::new(pb::Empty {}))
@@ -418,9 +460,9 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
 
     async fn explain(&self, req: Request<pb::ExplainRequest>) -> Reply<pb::ExplainResponse> {
         rpc!("Explain", async {
-            self.who(&req, "explain")?;
+            let who = self.who(&req, "explain")?;
             let r = req.into_inner();
-            self.tenant_exists(&r.tenant)?;
+            self.tenant(&who, &r.tenant)?;
             let address: IpAddr = r.address.trim().parse().map_err(|_| {
                 Status::invalid_argument(format!("{:?} is not an IP address", r.address))
             })?;
@@ -444,11 +486,9 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
 
     async fn audit(&self, req: Request<pb::AuditRequest>) -> Reply<pb::AuditResponse> {
         rpc!("Audit", async {
-            self.who(&req, "audit")?;
+            let who = self.who(&req, "audit")?;
             let r = req.into_inner();
-            if !r.tenant.is_empty() {
-                self.tenant_exists(&r.tenant)?;
-            }
+            let tenant = self.scope(&who, &r.tenant)?.unwrap_or_default();
             let limit = match r.limit {
                 0 => 100,
                 n => n.min(10_000),
@@ -456,7 +496,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
             let entries = self
                 .fleet
                 .store
-                .audit_log(&r.tenant, limit)
+                .audit_log(tenant, limit)
                 .map_err(status_of)?
                 .into_iter()
                 .map(|a| pb::AuditEntry {
@@ -479,17 +519,15 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
     async fn events(&self, req: Request<pb::ScopeRef>) -> Reply<Self::EventsStream> {
         rpc!("Events", async {
             let who = self.who(&req, "events")?;
-            let r = req.into_inner();
-            if !r.tenant.is_empty() {
-                self.tenant_exists(&r.tenant)?;
-            }
+            let mut r = req.into_inner();
+            r.tenant = self.scope(&who, &r.tenant)?.unwrap_or_default().to_string();
             if !r.site.is_empty() {
                 check_name("site", &r.site)?;
             }
             let mut events = self.fleet.watch_events();
             let (tx, rx) = tokio::sync::mpsc::channel(256);
             let site_prefix = format!("{}/{}/", r.tenant, r.site);
-            tracing::info!(operator = %who, tenant = %r.tenant, site = %r.site, "watching events");
+            tracing::info!(operator = %who.actor, tenant = %r.tenant, site = %r.site, "watching events");
             tokio::spawn(async move {
                 loop {
                     let ev = tokio::select! {

@@ -26,7 +26,7 @@ use rcgen::{
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::identity::{HostId, Identity};
+use crate::identity::{HostId, Identity, OperatorId};
 
 /// Lifetime of the CA.
 pub const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 86400);
@@ -171,10 +171,10 @@ impl Pki {
         })
     }
 
-    /// A key and certificate for operator `name`.
-    pub fn operator_cert(&self, name: &str) -> Result<CertAndKey> {
-        let id = Identity::Operator(name.to_string());
-        let params = client_params(&id, &format!("operator {name}"))?;
+    /// A key and certificate for operator `op`.
+    pub fn operator_cert(&self, op: &OperatorId) -> Result<CertAndKey> {
+        let id = Identity::Operator(op.clone());
+        let params = client_params(&id, &format!("operator {op}"))?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertAndKey {
@@ -185,10 +185,15 @@ impl Pki {
 
     /// The PEM bundle `palisade --cert` reads: the operator's certificate,
     /// its key, then the controller's CA.
-    pub fn operator_bundle(&self, name: &str) -> Result<String> {
-        let ck = self.operator_cert(name)?;
+    pub fn operator_bundle(&self, op: &OperatorId) -> Result<String> {
+        let ck = self.operator_cert(op)?;
+        let scope = match &op.tenant {
+            Some(t) => format!("of tenant {t:?} only"),
+            None => "of every tenant".to_string(),
+        };
+        let name = &op.name;
         Ok(format!(
-            "# Palisade operator {name:?}: client certificate, private key, controller CA.\n\
+            "# Palisade operator {name:?} {scope}: client certificate, private key, controller CA.\n\
              # A credential: keep it private. Use: palisade --cert THIS_FILE ...\n{}{}{}",
             ck.cert_pem, ck.key_pem, self.ca_pem
         ))
@@ -443,12 +448,13 @@ mod tests {
     fn operator_bundle_splits_back() {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::open_or_create(dir.path()).unwrap();
-        let bundle = parse_bundle(&pki.operator_bundle("alice").unwrap()).unwrap();
+        let bundle =
+            parse_bundle(&pki.operator_bundle(&OperatorId::fleet("alice")).unwrap()).unwrap();
         assert_eq!(bundle.ca_pem.trim(), pki.ca_pem().trim());
         let der = &pem_blocks(&bundle.cert_pem)[0].der;
         assert_eq!(
             identity_from_cert(der).unwrap().0,
-            Identity::Operator("alice".into())
+            Identity::Operator(OperatorId::fleet("alice"))
         );
         let server = pki.server_cert(&["ctl.example.com".into()]).unwrap();
         // A server certificate carries no palisade identity.

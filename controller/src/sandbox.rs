@@ -29,7 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use crate::client::{self, OperatorAuth, OperatorClient};
-use crate::identity::HostId;
+use crate::identity::{HostId, OperatorId};
 use crate::server::{self, Running, ServerOptions};
 use crate::store::Store;
 
@@ -85,7 +85,10 @@ impl Sandbox {
     ) -> anyhow::Result<Sandbox> {
         let data = opts.data_dir.clone();
         let running = server::start(opts.clone()).await?;
-        let operator_bundle = running.fleet.pki.operator_bundle("sandbox")?;
+        let operator_bundle = running
+            .fleet
+            .pki
+            .operator_bundle(&OperatorId::fleet("sandbox"))?;
         let operator =
             client::operator(&running.url, OperatorAuth::Bundle(operator_bundle.clone())).await?;
         Ok(Sandbox {
@@ -132,9 +135,10 @@ impl Sandbox {
         self.operator.clone()
     }
 
-    /// An operator bundle for another name.
-    pub fn operator_bundle_for(&self, name: &str) -> anyhow::Result<String> {
-        Ok(self.running().fleet.pki.operator_bundle(name)?)
+    /// An operator bundle for another operator (of the fleet, or of one
+    /// tenant).
+    pub fn operator_bundle_for(&self, op: &OperatorId) -> anyhow::Result<String> {
+        Ok(self.running().fleet.pki.operator_bundle(op)?)
     }
 
     /// A one-hour enrolment token.

@@ -34,7 +34,10 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 /// Largest message sent (snapshots are chunked well below this).
 const MAX_SEND: usize = 4 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How often expired bans are swept and the revision logs compacted.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How long after it expired a ban leaves the store.
+pub const BAN_SWEEP_GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -50,6 +53,12 @@ pub struct ServerOptions {
     /// Revision log entries kept per tenant.
     pub revlog_keep: u64,
     pub confirm_within_secs: u32,
+    /// How often housekeeping runs (expired bans swept, revision logs
+    /// compacted); tests and benches run it more often.
+    pub housekeeping_every: Duration,
+    /// A ban is swept from the store this long after it expired (agents
+    /// expire bans on their own; a swept ban gets no revision).
+    pub ban_sweep_grace: Duration,
 }
 
 impl ServerOptions {
@@ -63,6 +72,8 @@ impl ServerOptions {
             max_message: MAX_MESSAGE,
             revlog_keep: 1_000_000,
             confirm_within_secs: 30,
+            housekeeping_every: HOUSEKEEPING_EVERY,
+            ban_sweep_grace: BAN_SWEEP_GRACE,
         }
     }
 }
@@ -215,7 +226,12 @@ pub async fn start(opts: ServerOptions) -> Result<Running, ServerError> {
         tokio_rustls::TlsAcceptor::from(tls),
         conn_tx,
     ));
-    let housekeeping = tokio::spawn(housekeeping(fleet.clone(), opts.revlog_keep));
+    let housekeeping = tokio::spawn(housekeeping(
+        fleet.clone(),
+        opts.revlog_keep,
+        opts.housekeeping_every,
+        opts.ban_sweep_grace,
+    ));
 
     let agent = pb::agent_service_server::AgentServiceServer::new(AgentApi {
         fleet: fleet.clone(),
@@ -321,12 +337,13 @@ async fn accept_loop(
 }
 
 /// Drops expired bans and trims the revision logs.
-async fn housekeeping(fleet: Arc<Fleet>, keep: u64) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+async fn housekeeping(fleet: Arc<Fleet>, keep: u64, every: Duration, grace: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let store = &fleet.store;
-        match store.sweep_bans(now_secs().saturating_sub(60)) {
+        match store.sweep_bans(now_secs().saturating_sub(grace.as_secs())) {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "expired bans removed"),
             Err(e) => tracing::warn!(error = %e, "sweeping bans"),

@@ -393,3 +393,162 @@ async fn user_rules_are_checked_against_the_catalogue_and_read_back() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_operator_of_one_tenant_sees_and_acts_on_that_tenant_only() {
+    use palisade_controller::client::{self, OperatorAuth};
+    use palisade_controller::identity::OperatorId;
+    let (sb, _a, _b, _x) = fleet().await;
+    let bundle = sb
+        .operator_bundle_for(&OperatorId::of_tenant("carol", "t1"))
+        .unwrap();
+    let mut carol = client::operator(sb.url(), OperatorAuth::Bundle(bundle))
+        .await
+        .unwrap();
+
+    let tenants = carol
+        .list_tenants(pb::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tenants;
+    assert_eq!(
+        tenants.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        ["t1"]
+    );
+    let hosts = carol
+        .list_hosts(pb::ListHostsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    assert_eq!(hosts.len(), 2);
+    assert!(hosts.iter().all(|h| h.tenant == "t1"));
+
+    // Its own tenant: as any operator.
+    carol
+        .add_ban(pb::AddBanRequest {
+            tenant: "t1".into(),
+            ban: Some(pb::Ban {
+                address: "203.0.113.30".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+
+    // Another tenant: refused, whatever the call, and nothing changes there.
+    let t2 = || pb::ScopeRef {
+        tenant: "t2".into(),
+        site: String::new(),
+    };
+    let refusals = [
+        carol.list_bans(t2()).await.unwrap_err(),
+        carol.get_user_rules(t2()).await.unwrap_err(),
+        carol
+            .add_ban(pb::AddBanRequest {
+                tenant: "t2".into(),
+                ban: Some(pb::Ban {
+                    address: "203.0.113.31".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err(),
+        carol
+            .create_token(pb::CreateTokenRequest {
+                tenant: "t2".into(),
+                site: "hq".into(),
+                valid_secs: 0,
+            })
+            .await
+            .unwrap_err(),
+        carol
+            .create_token(pb::CreateTokenRequest {
+                tenant: "t3".into(),
+                site: "hq".into(),
+                valid_secs: 0,
+            })
+            .await
+            .unwrap_err(),
+        carol
+            .revoke_host(pb::HostRef {
+                tenant: "t2".into(),
+                site: "hq".into(),
+                host: "pbx9".into(),
+            })
+            .await
+            .unwrap_err(),
+        carol
+            .explain(pb::ExplainRequest {
+                tenant: "t2".into(),
+                address: "192.0.2.1".into(),
+                port: String::new(),
+            })
+            .await
+            .unwrap_err(),
+        carol.events(t2()).await.unwrap_err(),
+    ];
+    for st in &refusals {
+        assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+        assert!(
+            st.message()
+                .contains("operator t1/carol may act on tenant \"t1\" only"),
+            "{}",
+            st.message()
+        );
+    }
+    let mut op = sb.operator();
+    let all = op
+        .list_tenants(pb::ListRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tenants;
+    assert_eq!(all.len(), 2, "a refused token made no tenant: {all:?}");
+    let t2_bans = op.list_bans(t2()).await.unwrap().into_inner().bans;
+    assert!(t2_bans.is_empty(), "{t2_bans:?}");
+    let hosts = op
+        .list_hosts(pb::ListHostsRequest {
+            tenant: "t2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
+    assert!(hosts.iter().all(|h| !h.revoked));
+    // The refusals are in t2's audit trail, which carol cannot read.
+    let audit = op
+        .audit(pb::AuditRequest {
+            tenant: "t2".into(),
+            limit: 50,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(
+        audit
+            .iter()
+            .filter(|e| e.refused && e.actor == "operator:t1/carol")
+            .count()
+            >= 6,
+        "{audit:?}"
+    );
+    let own = carol
+        .audit(pb::AuditRequest {
+            tenant: String::new(),
+            limit: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(own
+        .iter()
+        .any(|e| e.action == "ban.add" && e.actor == "operator:t1/carol"));
+    assert!(
+        !own.iter().any(|e| e.detail.contains("pbx9")),
+        "another tenant's audit leaked: {own:?}"
+    );
+}

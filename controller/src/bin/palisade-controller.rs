@@ -2,9 +2,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use palisade_controller::identity::OperatorId;
 use palisade_controller::pki::{write_private, Pki};
 use palisade_controller::server::{self, Paths, ServerOptions};
 use palisade_controller::telemetry;
@@ -46,6 +48,12 @@ enum Cmd {
         /// Revision log entries kept per tenant (older agents get a snapshot).
         #[arg(long, default_value_t = 1_000_000)]
         revlog_keep: u64,
+        /// How often expired bans are swept and revision logs compacted.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        housekeeping_every: Duration,
+        /// How long after it expired a ban is removed from the store.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        ban_sweep_grace: Duration,
     },
     /// Write an operator's certificate bundle (certificate, key, CA) for `palisade --cert`.
     OperatorCert {
@@ -53,6 +61,10 @@ enum Cmd {
         data: PathBuf,
         #[arg(long)]
         name: String,
+        /// Limit the operator to this tenant (a customer's own IT); without
+        /// it the operator acts on every tenant.
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -72,6 +84,8 @@ fn main() -> anyhow::Result<()> {
                 operator_tokens,
                 metrics_listen,
                 revlog_keep,
+                housekeeping_every,
+                ban_sweep_grace,
             } => {
                 if let Some(m) = metrics_listen {
                     telemetry::serve_metrics(m)?;
@@ -81,6 +95,8 @@ fn main() -> anyhow::Result<()> {
                 opts.url = url;
                 opts.operator_tokens = operator_tokens;
                 opts.revlog_keep = revlog_keep;
+                opts.housekeeping_every = housekeeping_every;
+                opts.ban_sweep_grace = ban_sweep_grace;
                 let mut running = server::start(opts)
                     .await
                     .with_context(|| format!("starting the controller on {}", data.display()))?;
@@ -119,14 +135,27 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Cmd::OperatorCert { data, name, out } => {
-                palisade_controller::identity::valid_name("operator", &name)?;
+            Cmd::OperatorCert {
+                data,
+                name,
+                tenant,
+                out,
+            } => {
+                let op = match &tenant {
+                    Some(t) => OperatorId::of_tenant(&name, t),
+                    None => OperatorId::fleet(&name),
+                };
+                op.check()?;
                 let pki = Pki::open_or_create(&data)
                     .with_context(|| format!("the CA in {}", data.display()))?;
-                let bundle = pki.operator_bundle(&name)?;
+                let bundle = pki.operator_bundle(&op)?;
                 write_private(&out, &bundle)?;
+                let scope = match &tenant {
+                    Some(t) => format!("tenant {t:?} only"),
+                    None => "every tenant".into(),
+                };
                 println!(
-                    "operator {name:?}: certificate, key and CA written to {} (mode 0600)",
+                    "operator {name:?} ({scope}): certificate, key and CA written to {} (mode 0600)",
                     out.display()
                 );
                 println!("CA: {}", Paths::new(&data).ca.display());
