@@ -2,9 +2,10 @@
 
 use crate::{workspace_bin, ChildGuard, Netns};
 use anyhow::{bail, Context, Result};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 /// An agent installation in one namespace: its binary, config file and state
 /// directory (a temporary directory removed on drop).
@@ -118,6 +119,18 @@ impl<'a> AgentHost<'a> {
 
     pub fn daemon_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// When the daemon decided to ban `ip`: the timestamp of its first
+    /// `banned addr=IP` log line (written as the verdict goes to the kernel,
+    /// a few hundred microseconds before the ban is in force).
+    pub fn ban_logged(&self, ip: IpAddr) -> Option<SystemTime> {
+        let needle = format!("banned addr={ip} ");
+        self.daemon_log()
+            .lines()
+            .map(crate::sip::strip_ansi)
+            .find(|l| l.contains(&needle))
+            .and_then(|l| crate::sip::parse_rfc3339_utc(l.split_whitespace().next()?))
     }
 
     /// `nft -j list table inet palisade`, or `None` when the table is absent.

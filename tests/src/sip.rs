@@ -1819,7 +1819,7 @@ impl<'a> Rig<'a> {
 
 /// `line` without ANSI colour sequences (`ESC [ ... m`), as the agent's
 /// log has them.
-fn strip_ansi(line: &str) -> String {
+pub(crate) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
@@ -1837,7 +1837,7 @@ fn strip_ansi(line: &str) -> String {
 }
 
 /// `2026-11-25T03:59:35.895601Z` (UTC, as tracing writes it) as a time.
-fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
+pub(crate) fn parse_rfc3339_utc(text: &str) -> Option<SystemTime> {
     let text = text.strip_suffix('Z')?;
     let (date, time) = text.split_once('T')?;
     let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
