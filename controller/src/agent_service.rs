@@ -250,9 +250,10 @@ impl Session {
     ) {
         let end = match self.start(last_revision).await {
             Err(end) => end,
+            // Unbiased: an agent busy reporting still gets the fan-out, and
+            // a busy tenant does not keep an agent's reports waiting.
             Ok(()) => loop {
                 let step: Result<(), End> = tokio::select! {
-                    biased;
                     changed = cut.changed() => {
                         let c = cut.borrow().clone();
                         match (changed, c) {
@@ -323,6 +324,10 @@ impl Session {
         } else {
             None
         };
+        // What was read may hold other requests' changes, committed but not
+        // yet flushed: nothing goes to an agent before it is durable, or a
+        // crash could hand the same revision to another change.
+        store.flush().await.map_err(status_of)?;
         let welcome = |snapshot: bool, revision: u64| pb::ControllerMessage {
             revision,
             body: Some(pb::controller_message::Body::Welcome(pb::Welcome {
@@ -343,6 +348,7 @@ impl Session {
             }
             None => {
                 let (revision, messages) = fleet.snapshot(&self.me).map_err(status_of)?;
+                store.flush().await.map_err(status_of)?;
                 tracing::info!(revision, last_revision, "sending a snapshot");
                 self.send(welcome(true, revision)).await?;
                 for m in messages {
@@ -367,11 +373,13 @@ impl Session {
 
     async fn catch_up(&mut self) -> Result<(), End> {
         let fleet = self.fleet.clone();
-        match fleet
+        let entries = fleet
             .store
             .changes_since(&self.me.tenant, self.sent)
-            .map_err(status_of)?
-        {
+            .map_err(status_of)?;
+        // As in `start`: durable before it is sent.
+        fleet.store.flush().await.map_err(status_of)?;
+        match entries {
             Some(entries) => {
                 for e in &entries {
                     self.deliver(e).await?;
