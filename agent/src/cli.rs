@@ -361,6 +361,13 @@ fn command(cli: &Cli) -> anyhow::Result<()> {
             reason,
         } => {
             let agent = agent(&settings)?;
+            if crate::controller::addrs::known_controller_addresses(agent.state.path())
+                .contains(addr)
+            {
+                bail!(
+                    "refusing to ban {addr}: it is the controller's address (a ban would cut this host off from it)"
+                );
+            }
             if let Some(policy) = policy_in_force(&agent) {
                 let why = if policy.management.iter().any(|m| m.value.contains(addr)) {
                     Some("a management address")

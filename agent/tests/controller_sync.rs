@@ -338,13 +338,22 @@ async fn enrol_then_sync_with_a_stand_in_controller() {
     s.send(
         5,
         Down::Bans(BanDelta {
-            added: vec![Ban {
-                address: "203.0.113.7".into(),
-                reason: "scanner".into(),
-                origin: "acme/branch/pbx-b".into(),
-                expires_at: now_unix() + 600,
-                ..Ban::default()
-            }],
+            added: vec![
+                Ban {
+                    address: "203.0.113.7".into(),
+                    reason: "scanner".into(),
+                    origin: "acme/branch/pbx-b".into(),
+                    expires_at: now_unix() + 600,
+                    ..Ban::default()
+                },
+                // The controller's own address (an operator's slip).
+                Ban {
+                    address: "127.0.0.1".into(),
+                    reason: "typo".into(),
+                    origin: "acme/branch/pbx-b".into(),
+                    ..Ban::default()
+                },
+            ],
             lifted: vec![],
             lifted_at: 0,
         }),
@@ -369,6 +378,14 @@ async fn enrol_then_sync_with_a_stand_in_controller() {
     assert!(
         shared.contains("shared: scanner from acme/branch/pbx-b"),
         "{shared}"
+    );
+    // Whatever is banned, the controller comes first: its set is accepted
+    // with the management addresses.
+    let controller = ns.set("controller_v4");
+    assert!(controller.contains("127.0.0.1"), "{controller}");
+    assert_eq!(
+        palisade_agent::controller::addrs::known_controller_addresses(state.path()),
+        ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
     );
     eventually("tenant peer in the kernel", Duration::from_secs(1), || {
         ns.set("tenant_peer_v4").contains("198.51.100.20")

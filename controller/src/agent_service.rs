@@ -431,20 +431,12 @@ impl Session {
                 if ban.expires_at != 0 && ban.expires_at <= now {
                     return Ok(());
                 }
-                // Never share a ban on one of the tenant's own hosts.
-                let hosts = fleet
-                    .store
-                    .hosts(Some(&self.me.tenant))
-                    .map_err(status_of)?;
-                if let Some(h) = hosts
-                    .iter()
-                    .find(|h| !h.revoked && h.addresses.contains(&ban.address))
+                // Never share a ban on the controller or the tenant's hosts.
+                if let Some(why) = fleet
+                    .unbannable(&self.me.tenant, &ban.address)
+                    .map_err(status_of)?
                 {
-                    let st = Status::failed_precondition(format!(
-                        "{} is an address of host {}; not shared",
-                        ban.address,
-                        h.id()
-                    ));
+                    let st = Status::failed_precondition(format!("{why}; not shared"));
                     fleet.refused(&self.me.tenant, &self.actor, "ban.add", &st);
                     return Ok(());
                 }

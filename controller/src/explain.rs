@@ -9,11 +9,10 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use ipnet::IpNet;
 use palisade_proto::v1 as pb;
 use tonic::Status;
 
-use crate::fleet::{ban_to_pb, status_of, Fleet};
+use crate::fleet::{ban_to_pb, covers, status_of, Fleet};
 use crate::store::now_secs;
 
 /// How long the hosts have to answer, together.
@@ -141,29 +140,9 @@ fn unanswered(
     }
 }
 
-/// Whether a stored ban target (address or network) covers `addr`.
-fn covers(target: &str, addr: IpAddr) -> bool {
-    if let Ok(ip) = target.parse::<IpAddr>() {
-        return ip == addr;
-    }
-    target
-        .parse::<IpNet>()
-        .is_ok_and(|net: IpNet| net.contains(&addr))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ban_targets_cover_addresses_and_networks() {
-        let a: IpAddr = "192.0.2.7".parse().unwrap();
-        assert!(covers("192.0.2.7", a));
-        assert!(covers("192.0.2.0/24", a));
-        assert!(!covers("192.0.3.0/24", a));
-        assert!(!covers("192.0.2.8", a));
-        assert!(!covers("2001:db8::/32", a));
-    }
 
     #[test]
     fn an_offline_host_is_never_reported_as_having_answered() {

@@ -81,6 +81,9 @@ pub struct Fleet {
     refusal_window: Mutex<(Instant, u32)>,
     questions: Mutex<HashMap<u64, Question>>,
     next_question: AtomicU64,
+    /// The controller's own addresses: never banned (a host that banned the
+    /// controller could not be told to lift it).
+    own_addresses: Vec<IpAddr>,
     /// Every tenant's events, for operators watching (`Events`).
     events: broadcast::Sender<Arc<pb::AgentEvent>>,
 }
@@ -98,8 +101,41 @@ impl Fleet {
             refusal_window: Mutex::new((Instant::now(), 0)),
             questions: Mutex::new(HashMap::new()),
             next_question: AtomicU64::new(1),
+            own_addresses: Vec::new(),
             events: broadcast::channel(EVENTS_CAPACITY).0,
         }
+    }
+
+    /// Names the controller's own addresses (see [`Fleet::unbannable`]).
+    pub fn with_own_addresses(mut self, addrs: Vec<IpAddr>) -> Fleet {
+        self.own_addresses = addrs;
+        self
+    }
+
+    /// Why `target` (a canonical address or network) must not be banned in
+    /// `tenant`: it covers the controller itself, or one of the tenant's
+    /// hosts (their traffic is each other's trunks). `None`: it may be.
+    pub fn unbannable(&self, tenant: &str, target: &str) -> Result<Option<String>, StoreError> {
+        if let Some(a) = self.own_addresses.iter().find(|a| covers(target, **a)) {
+            return Ok(Some(format!(
+                "{target} covers the controller's own address {a}: the hosts would lose the controller, and with it the lift"
+            )));
+        }
+        let hosts = self.store.hosts(Some(tenant))?;
+        for h in hosts.iter().filter(|h| !h.revoked) {
+            let hit = h
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .find(|a| covers(target, *a));
+            if let Some(a) = hit {
+                return Ok(Some(format!(
+                    "{target} covers {a}, an address of the tenant's host {}",
+                    h.id()
+                )));
+            }
+        }
+        Ok(None)
     }
 
     fn sender(&self, tenant: &str) -> broadcast::Sender<Arc<Live>> {
@@ -662,6 +698,16 @@ pub fn check_ban(ban: Option<pb::Ban>, origin: &str, now: u64) -> Result<BanInfo
     })
 }
 
+/// Whether a ban target (address or network) covers `addr`.
+pub fn covers(target: &str, addr: IpAddr) -> bool {
+    if let Ok(ip) = target.parse::<IpAddr>() {
+        return ip == addr;
+    }
+    target
+        .parse::<IpNet>()
+        .is_ok_and(|net: IpNet| net.contains(&addr))
+}
+
 /// An address or network to ban, canonical (`192.0.2.0/24`, `2001:db8::1`).
 pub fn canonical_target(s: &str) -> Result<String, Status> {
     let s = s.trim();
@@ -746,6 +792,16 @@ mod tests {
         assert!(canonical_target("10.0.0.0/8").is_err());
         assert!(canonical_target("127.0.0.1").is_err());
         assert!(canonical_target("evil.example.com").is_err());
+    }
+
+    #[test]
+    fn ban_targets_cover_addresses_and_networks() {
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(covers("192.0.2.7", a));
+        assert!(covers("192.0.2.0/24", a));
+        assert!(!covers("192.0.3.0/24", a));
+        assert!(!covers("192.0.2.8", a));
+        assert!(!covers("2001:db8::/32", a));
     }
 
     #[test]

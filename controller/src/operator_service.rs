@@ -434,6 +434,15 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                     "the ban's expires_at is in the past",
                 ));
             }
+            if let Some(why) = self
+                .fleet
+                .unbannable(&r.tenant, &ban.address)
+                .map_err(status_of)?
+            {
+                let st = Status::failed_precondition(format!("refusing to ban {why}"));
+                self.fleet.refused(&r.tenant, &who.actor, "ban.add", &st);
+                return Err(st);
+            }
             metrics::counter!("palisade_controller_bans_received_total", "source" => "operator")
                 .increment(1);
             self.fleet

@@ -212,12 +212,11 @@ pub async fn start(opts: ServerOptions) -> Result<Running, ServerError> {
         }
     };
     let tls = tls_config(&pki, &names)?;
-    let fleet = Arc::new(Fleet::new(
-        store,
-        pki,
-        url.clone(),
-        opts.confirm_within_secs,
-    ));
+    let own = own_addresses(&names, &url).await;
+    tracing::info!(addresses = ?own, "the controller's own addresses, never banned");
+    let fleet = Arc::new(
+        Fleet::new(store, pki, url.clone(), opts.confirm_within_secs).with_own_addresses(own),
+    );
 
     let (conn_tx, conn_rx) = mpsc::channel(128);
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
@@ -334,6 +333,31 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// The addresses agents may reach the controller at: the certificate's
+/// names (resolved when they are not addresses) and the URL's host. A name
+/// that does not resolve within 2 s is left out (and said so).
+async fn own_addresses(names: &[String], url: &str) -> Vec<std::net::IpAddr> {
+    let url_host = url
+        .parse::<tonic::codegen::http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()));
+    let mut out = std::collections::BTreeSet::new();
+    for name in names.iter().cloned().chain(url_host) {
+        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+            out.insert(ip);
+            continue;
+        }
+        let lookup = tokio::net::lookup_host(format!("{name}:443"));
+        match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+            Ok(Ok(addrs)) => out.extend(addrs.map(|a| a.ip())),
+            _ => {
+                tracing::warn!(%name, "cannot resolve the controller's name; its addresses are not protected from bans")
+            }
+        }
+    }
+    out.into_iter().collect()
 }
 
 /// Drops expired bans and trims the revision logs.

@@ -552,3 +552,54 @@ async fn an_operator_of_one_tenant_sees_and_acts_on_that_tenant_only() {
         "another tenant's audit leaked: {own:?}"
     );
 }
+
+#[tokio::test]
+async fn the_controller_and_the_tenants_hosts_are_never_banned() {
+    // The controller is also known as 192.0.2.200 (a second name of its
+    // certificate, as behind a NAT).
+    let sb = Sandbox::start_with(|o| o.names = vec!["127.0.0.1".into(), "192.0.2.200".into()])
+        .await
+        .unwrap();
+    let a = sb.enroll("t1", "siteA", "pbx1").await.unwrap();
+    let b = sb.enroll("t1", "siteB", "pbx2").await.unwrap();
+    let a = a.sync(0, &["198.51.100.1"]).await.unwrap();
+    let mut b = b.sync(0, &["198.51.100.2"]).await.unwrap();
+    let mut op = sb.operator();
+    let ban = |address: &str| pb::AddBanRequest {
+        tenant: "t1".into(),
+        ban: Some(pb::Ban {
+            address: address.into(),
+            ..Default::default()
+        }),
+    };
+    for (target, says) in [
+        ("192.0.2.200", "the controller's own address 192.0.2.200"),
+        ("192.0.2.0/24", "the controller's own address 192.0.2.200"),
+        (
+            "198.51.100.1",
+            "an address of the tenant's host t1/siteA/pbx1",
+        ),
+        ("198.51.100.0/24", "an address of the tenant's host"),
+    ] {
+        let st = op.add_ban(ban(target)).await.unwrap_err();
+        assert_eq!(st.code(), tonic::Code::FailedPrecondition, "{target}");
+        assert!(st.message().contains(says), "{target}: {}", st.message());
+    }
+    // An agent's report of the same is not shared either.
+    a.report_ban("192.0.2.200", "scanner").await.unwrap();
+    a.report_ban("203.0.113.77", "scanner").await.unwrap();
+    b.wait_until(SECOND, |s| s.bans.contains_key("203.0.113.77"))
+        .await
+        .unwrap();
+    assert!(!b.bans.contains_key("192.0.2.200"), "{:?}", b.bans);
+    let stored = op
+        .list_bans(pb::ScopeRef {
+            tenant: "t1".into(),
+            site: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .bans;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+}

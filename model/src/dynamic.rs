@@ -14,6 +14,11 @@ use std::time::Duration;
 pub enum DynSet {
     /// Peers of SSH sessions open when the agent first started (lock-out guard).
     MgmtSession,
+    /// Addresses of the controller the host is enrolled with, resolved from
+    /// its URL: accepted with the management addresses, before bans and
+    /// zones, so neither a ban nor a pushed policy cuts the host off from the
+    /// one place that can lift a ban.
+    Controller,
     /// Bans made by this host's detectors or by hand.
     Ban,
     /// Bans shared by the controller from other hosts of the tenant.
@@ -30,8 +35,9 @@ pub enum DynSet {
 }
 
 impl DynSet {
-    pub const ALL: [DynSet; 11] = [
+    pub const ALL: [DynSet; 12] = [
         DynSet::MgmtSession,
+        DynSet::Controller,
         DynSet::Ban,
         DynSet::SharedBan,
         DynSet::KnownGood,
@@ -48,6 +54,7 @@ impl DynSet {
     pub fn base_name(self) -> String {
         match self {
             DynSet::MgmtSession => "mgmt_session".into(),
+            DynSet::Controller => "controller".into(),
             DynSet::Ban => "ban".into(),
             DynSet::SharedBan => "ban_shared".into(),
             DynSet::KnownGood => "known_good".into(),

@@ -187,6 +187,16 @@ pub fn explain(policy: &Policy, dynamic: &DynamicState, q: &Query) -> Verdict {
                         ),
                     );
                 }
+                if let Some(e) = dynamic.find(DynSet::Controller, addr) {
+                    return verdict(
+                        Decision::Accept,
+                        stage,
+                        format!(
+                            "set controller: the controller this host is enrolled with, accepted before bans{}",
+                            element_note(e)
+                        ),
+                    );
+                }
             }
             Stage::Bans => {
                 for set in [DynSet::Ban, DynSet::SharedBan] {
@@ -450,6 +460,23 @@ mod tests {
             Some(Zone::Local),
             "IPv4-mapped addresses are judged as IPv4"
         );
+    }
+
+    #[test]
+    fn the_controller_is_accepted_before_its_ban() {
+        let p = policy();
+        let mut d = DynamicState::default();
+        let elem = |comment: &str| TimedAddr {
+            addr: "198.51.100.7".parse().unwrap(),
+            ttl: None,
+            expires: None,
+            comment: Some(comment.into()),
+        };
+        d.insert(DynSet::SharedBan, elem("shared: typo"));
+        d.insert(DynSet::Controller, elem("controller https://ctl:7443"));
+        let v = explain(&p, &d, &q("198.51.100.7", Some((Proto::Tcp, 22))));
+        assert_eq!((v.decision, v.stage), (Decision::Accept, Stage::Management));
+        assert!(v.reason.starts_with("set controller"), "{}", v.reason);
     }
 
     #[test]

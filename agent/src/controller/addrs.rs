@@ -78,3 +78,37 @@ mod tests {
             .all(|a| a != "127.0.0.1" && a != "::1"));
     }
 }
+
+/// The controller's addresses: its URL's host, resolved (empty when it
+/// cannot be resolved now). They go in the `controller` set, accepted
+/// before bans and zones: only the controller can lift a shared ban.
+pub async fn controller_addresses(url: &str) -> Vec<IpAddr> {
+    let Ok((host, port)) = super::tls::split_url(url) else {
+        return Vec::new();
+    };
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return vec![ip];
+    }
+    let lookup = tokio::net::lookup_host(format!("{host}:{port}"));
+    let found = tokio::time::timeout(std::time::Duration::from_secs(3), lookup).await;
+    match found {
+        Ok(Ok(addrs)) => addrs
+            .map(|a| a.ip())
+            .collect::<BTreeSet<IpAddr>>()
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The addresses last resolved for the controller (see
+/// [`controller_addresses`]), as the sync task keeps them for the CLI.
+pub fn known_controller_addresses(state_dir: &std::path::Path) -> Vec<IpAddr> {
+    std::fs::read_to_string(super::identity::dir(state_dir).join(CONTROLLER_ADDRESSES))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Where the sync task keeps the controller's resolved addresses.
+pub const CONTROLLER_ADDRESSES: &str = "controller-addresses.json";

@@ -204,6 +204,8 @@ struct Local {
     reporter: Reporter,
     /// Some of the mirror may be missing from the kernel (an nft failure).
     dirty: bool,
+    /// The controller's addresses, in the `controller` set.
+    controller: Vec<IpAddr>,
 }
 
 impl Local {
@@ -227,6 +229,7 @@ impl Local {
             mirror,
             journal,
             dirty: false,
+            controller: addrs::known_controller_addresses(&ctx.state_dir),
         };
         if !local.mirror.bans.is_empty() || !local.mirror.peers.is_empty() {
             info!(
@@ -284,6 +287,57 @@ impl Local {
             warn!("the shared sets were emptied (table recreated?); putting them back");
         }
         emptied
+    }
+
+    /// Resolves the controller's addresses again and puts them in the
+    /// `controller` set, accepted before bans and zones (the old ones that
+    /// are gone leave it). Kept when the name does not resolve now.
+    async fn follow_controller(&mut self, ctx: &Ctx, url: &str) {
+        let now = addrs::controller_addresses(url).await;
+        if !now.is_empty() && now != self.controller {
+            info!(addresses = ?now, "the controller's addresses, accepted before bans and zones");
+            let gone: Vec<IpAddr> = self
+                .controller
+                .iter()
+                .filter(|a| !now.contains(a))
+                .copied()
+                .collect();
+            self.write_json(addrs::CONTROLLER_ADDRESSES, &now);
+            self.controller = now;
+            if let Err(e) = ctx
+                .blocking(move |a| a.remove_elements(DynSet::Controller, &gone))
+                .await
+            {
+                warn!(error = %e, "cannot remove the controller's old addresses");
+            }
+        }
+        self.ensure_controller(ctx, url).await;
+    }
+
+    /// (Re)adds the controller's addresses to its set: an element already
+    /// there is left as it is, one lost with a recreated table comes back.
+    async fn ensure_controller(&self, ctx: &Ctx, url: &str) {
+        let elems: Vec<TimedAddr> = self
+            .controller
+            .iter()
+            .map(|a| TimedAddr {
+                addr: *a,
+                ttl: None,
+                expires: None,
+                comment: Some(palisade_model::dynamic::clip_comment(&format!(
+                    "controller {url}"
+                ))),
+            })
+            .collect();
+        if elems.is_empty() {
+            return;
+        }
+        if let Err(e) = ctx
+            .blocking(move |a| a.nft.apply(&element_renew(DynSet::Controller, &elems, &[])))
+            .await
+        {
+            warn!(error = %e, "cannot put the controller's addresses in its set");
+        }
     }
 
     fn record(&mut self, changes: &Changes) {
@@ -426,6 +480,7 @@ async fn session(ctx: &Ctx, enrolled: &Enrolled, local: &mut Local) -> End {
         welcomed: false,
         why,
     };
+    local.follow_controller(ctx, &enrolled.identity.url).await;
     let config = match tls::mutual_config(&enrolled.ca_pem, &enrolled.cert_pem, &enrolled.key_pem) {
         Ok(c) => c,
         Err(e) => return lost(causes(&e)),
@@ -531,6 +586,7 @@ async fn session(ctx: &Ctx, enrolled: &Enrolled, local: &mut Local) -> End {
                     return s.lost(why);
                 }
                 local.reporter.heartbeat();
+                local.ensure_controller(ctx, &enrolled.identity.url).await;
                 s.heartbeat_policy(local);
                 local.mirror.expire(now_unix());
                 if local.journal.size() > JOURNAL_COMPACT_AT {

@@ -611,6 +611,11 @@ fn input_rules(policy: &Policy, stage: Stage) -> Vec<RuleSpec> {
                 "management: first-start ssh session",
                 || vec![accept()],
             ));
+            rules.extend(per_family(
+                &DynSet::Controller.base_name(),
+                "management: the controller",
+                || vec![accept()],
+            ));
             rules
         }
         Stage::Bans => [DynSet::Ban, DynSet::SharedBan]
