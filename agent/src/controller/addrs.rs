@@ -49,36 +49,6 @@ pub fn host_addresses() -> Vec<String> {
     out.into_iter().map(|a| a.to_string()).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_addresses_others_can_see() {
-        for yes in ["192.0.2.1", "10.200.1.1", "2001:db8::1", "fd00:200:1::1"] {
-            assert!(reportable(yes.parse().unwrap()), "{yes}");
-        }
-        for no in [
-            "127.0.0.1",
-            "169.254.3.4",
-            "0.0.0.0",
-            "224.0.0.1",
-            "::1",
-            "fe80::1",
-            "febf::1",
-            "ff02::1",
-            "::",
-            "::ffff:192.0.2.1",
-        ] {
-            assert!(!reportable(no.parse().unwrap()), "{no}");
-        }
-        // Whatever the machine has, none of it is loopback.
-        assert!(host_addresses()
-            .iter()
-            .all(|a| a != "127.0.0.1" && a != "::1"));
-    }
-}
-
 /// The controller's addresses: its URL's host, resolved (empty when it
 /// cannot be resolved now). They go in the `controller` set, accepted
 /// before bans and zones: only the controller can lift a shared ban.
@@ -112,3 +82,33 @@ pub fn known_controller_addresses(state_dir: &std::path::Path) -> Vec<IpAddr> {
 
 /// Where the sync task keeps the controller's resolved addresses.
 pub const CONTROLLER_ADDRESSES: &str = "controller-addresses.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_addresses_others_can_see() {
+        for yes in ["192.0.2.1", "10.200.1.1", "2001:db8::1", "fd00:200:1::1"] {
+            assert!(reportable(yes.parse().unwrap()), "{yes}");
+        }
+        for no in [
+            "127.0.0.1",
+            "169.254.3.4",
+            "0.0.0.0",
+            "224.0.0.1",
+            "::1",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "::",
+            "::ffff:192.0.2.1",
+        ] {
+            assert!(!reportable(no.parse().unwrap()), "{no}");
+        }
+        // Whatever the machine has, none of it is loopback.
+        assert!(host_addresses()
+            .iter()
+            .all(|a| a != "127.0.0.1" && a != "::1"));
+    }
+}
