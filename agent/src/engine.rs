@@ -260,7 +260,7 @@ impl Agent {
             }
             Some(within) => {
                 let pending = Pending {
-                    id: format!("{:x}", now_unix() ^ u64::from(std::process::id()) << 20),
+                    id: change_id(),
                     deadline: now_unix() + within.as_secs().max(1),
                     previous: self.state.last_good()?,
                     applied: text.to_string(),
@@ -548,6 +548,18 @@ impl Agent {
             format!("no such grant: {}", keys.join(", "))
         })
     }
+}
+
+/// A pending change's id: unique even for two changes in the same second
+/// from the same process (the time in nanoseconds, the process, a counter).
+fn change_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos:x}-{:x}-{n:x}", std::process::id())
 }
 
 /// The tenant's per-user rules from the controller take precedence over the

@@ -447,6 +447,11 @@ struct PolicyState {
     /// The last result, until it has surely reached the controller.
     #[serde(default)]
     unsent: Option<Outcome>,
+    /// A policy that was rolled back here: sent again as it is (a
+    /// snapshot, a reconnection), it is not applied again, or every resend
+    /// would cut the host off for another confirmation window.
+    #[serde(default)]
+    rolled_back: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -881,6 +886,15 @@ impl Session<'_> {
             });
             return self.policy_result(local, revision, Ok(())).await;
         }
+        if local.policy_state().and_then(|s| s.rolled_back).as_deref() == Some(toml.as_str()) {
+            warn!(
+                revision,
+                "the controller sent a policy this host rolled back before; not applied again"
+            );
+            let why = "not applied: this policy was rolled back on this host before \
+                       (it cut the host off from the controller); change it to try again";
+            return self.policy_result(local, revision, Err(why.into())).await;
+        }
         if let Some(old) = self.confirming.take() {
             let superseded = Err(format!("superseded by revision {revision}"));
             self.policy_result(local, old.revision, superseded).await?;
@@ -954,7 +968,7 @@ impl Session<'_> {
                 ))
             }
         };
-        local.update_policy_state(|s| s.pending = None);
+        settled(local, &outcome);
         let _ = self.ctx.policy_tx.try_send(());
         self.policy_result(local, revision, outcome).await
     }
@@ -973,7 +987,7 @@ impl Session<'_> {
                 let outcome = self
                     .confirm(id, state.toml.clone().unwrap_or_default())
                     .await;
-                local.update_policy_state(|s| s.pending = None);
+                settled(local, &outcome);
                 let _ = self.ctx.policy_tx.try_send(());
                 self.policy_result(local, state.revision, outcome).await
             }
@@ -1048,6 +1062,17 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// A pending change is settled: a rollback is remembered (see
+/// [`PolicyState::rolled_back`]).
+fn settled(local: &Local, outcome: &Result<(), String>) {
+    local.update_policy_state(|s| {
+        s.pending = None;
+        if outcome.is_err() {
+            s.rolled_back = s.toml.clone();
+        }
+    });
 }
 
 /// Tries new mutual-TLS connections to the controller until one works or the
