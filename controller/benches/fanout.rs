@@ -22,11 +22,7 @@
 //! look. Without `--bench` it does nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::File;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::stream::{self, StreamExt};
 use palisade_controller::client::{self, OperatorAuth};
-use palisade_controller::sandbox::AgentCreds;
+use palisade_controller::sandbox::{free_port, AgentCreds, ControllerProcess};
 use palisade_proto::v1 as pb;
 use pb::controller_message::Body as Down;
 use rand::rngs::StdRng;
@@ -210,118 +206,7 @@ async fn run_agent(
     }
 }
 
-// ------------------------------------------------------------------ controller
-
-struct Controller {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-    child: Option<Child>,
-    logs: Vec<PathBuf>,
-}
-
-impl Controller {
-    fn spawn(&mut self) -> Result<()> {
-        let log = self
-            .data
-            .with_file_name(format!("controller-{}.log", self.logs.len()));
-        let out = File::create(&log)?;
-        let mut cmd = Command::new(&self.bin);
-        // Dies with the bench (a ^C or a timeout skips Drop).
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
-            .arg("run")
-            .arg("--data")
-            .arg(&self.data)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
-        self.logs.push(log);
-        Ok(())
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGKILL, and reap it.
-    fn kill(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
-    }
-
-    async fn wait_listening(&mut self, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(st) = self.child.as_mut().expect("running").try_wait()? {
-                bail!("the controller exited: {st}; log {}", self.log_tail());
-            }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("the controller did not listen within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn status_kib(&self, field: &str) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("no {field} in /proc/PID/status"))
-    }
-
-    /// User + system CPU time the controller has used so far.
-    fn cpu(&self) -> Result<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // After the command name in parentheses: state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as u64;
-        Ok(Duration::from_millis(ticks * 1000 / hz))
-    }
-
-    fn log_tail(&self) -> String {
-        let Some(p) = self.logs.last() else {
-            return String::new();
-        };
-        let text = std::fs::read_to_string(p).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.kill();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+// ------------------------------------------------------------------ limits
 
 fn raise_nofile() -> Result<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -494,39 +379,23 @@ async fn bench(nofile: u64) -> Result<()> {
         bail!("RLIMIT_NOFILE {nofile} is too low for {n} agents");
     }
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("controller");
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_palisade-controller"));
-    let port = free_port()?;
-    let url = format!("https://127.0.0.1:{port}");
+    let mut ctl = ControllerProcess::new(
+        env!("CARGO_BIN_EXE_palisade-controller"),
+        dir.path().join("controller"),
+        free_port()?,
+    );
+    let url = ctl.url().to_string();
 
     // The operator's bundle first (it creates the CA the controller then uses).
-    let bundle_path = dir.path().join("bench-operator.pem");
-    let st = Command::new(&bin)
-        .args(["operator-cert", "--name", "bench", "--data"])
-        .arg(&data)
-        .arg("--out")
-        .arg(&bundle_path)
-        .stdout(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("operator-cert: {st}");
-    }
-    let bundle = std::fs::read_to_string(&bundle_path)?;
-    let ca_pem = std::fs::read_to_string(data.join("ca.pem"))?;
+    let bundle = ctl.operator_cert("bench", &dir.path().join("bench-operator.pem"))?;
+    let ca_pem = ctl.ca_pem()?;
 
-    let mut ctl = Controller {
-        bin,
-        data: data.clone(),
-        port,
-        child: None,
-        logs: vec![],
-    };
-    ctl.spawn()?;
+    ctl.start()?;
     ctl.wait_listening(Duration::from_secs(30)).await?;
     let operator = client::operator(&url, OperatorAuth::Bundle(bundle)).await?;
     eprintln!(
         "controller pid {} on {url}; {n} agents: {TENANTS} tenants × {SITES} sites × {hosts_per_site} hosts",
-        ctl.pid()
+        ctl.pid().unwrap_or_default()
     );
 
     // ---- enrolment: a token and an Enroll per host.
@@ -610,7 +479,7 @@ async fn bench(nofile: u64) -> Result<()> {
         "connected in {connect_time:.1?}; every peer trusted everywhere: {peers_done} after {settle_time:.1?}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_connected = ctl.status_kib("VmRSS:")?;
+    let rss_connected = ctl.rss_kib()?;
     let cpu_setup = ctl.cpu()?;
 
     // ---- fan-out.
@@ -626,9 +495,9 @@ async fn bench(nofile: u64) -> Result<()> {
     )
     .await?;
     let fan = fanout_result(&shared, &fired);
-    let rss_after_fanout = ctl.status_kib("VmRSS:")?;
+    let rss_after_fanout = ctl.rss_kib()?;
     let cpu_fanout = ctl.cpu()? - cpu_setup;
-    let hwm_before_restart = ctl.status_kib("VmHWM:")?;
+    let hwm_before_restart = ctl.peak_rss_kib()?;
     let conn_errors_before: u32 = shared
         .agents
         .iter()
@@ -652,7 +521,7 @@ async fn bench(nofile: u64) -> Result<()> {
         .collect();
     let t_kill = Instant::now();
     ctl.kill()?;
-    ctl.spawn()?;
+    ctl.start()?;
     let t_spawn = Instant::now();
     ctl.wait_listening(Duration::from_secs(30)).await?;
     let listening_after = t_spawn.elapsed();
@@ -693,7 +562,7 @@ async fn bench(nofile: u64) -> Result<()> {
             (s + st.snapshots, r + st.resumes, e + st.connect_errors)
         });
     let reconnect_errors = reconnect_errors - conn_errors_before;
-    let rss_after_restart = ctl.status_kib("VmRSS:")?;
+    let rss_after_restart = ctl.rss_kib()?;
     let cpu_resync = ctl.cpu()?;
     eprintln!(
         "restart: listening {listening_after:.1?} after the spawn; all welcomed: {resynced}, {resync_time:.2?} after the SIGKILL ({not_back} not back); {resumes} resumes, {snapshots} snapshots, {reconnect_errors} failed attempts"
@@ -713,7 +582,7 @@ async fn bench(nofile: u64) -> Result<()> {
     let post_fan = fanout_result(&shared, &post);
     let all_fired: Vec<(String, usize)> = fired.iter().chain(&post).cloned().collect();
     let (final_lost_agents, final_lost_bans) = ban_mismatch(&shared, &all_fired);
-    let hwm = ctl.status_kib("VmHWM:")?;
+    let hwm = ctl.peak_rss_kib()?;
 
     // ---- the table.
     let p50 = pct(&fan.latencies, 0.5);
@@ -723,7 +592,7 @@ async fn bench(nofile: u64) -> Result<()> {
     println!();
     println!(
         "fan-out bench: {n} agents ({TENANTS} tenants × {SITES} sites × {hosts_per_site} hosts), each its own mutual-TLS Sync stream; controller = `palisade-controller run` (pid {}), {} cores",
-        ctl.pid(),
+        ctl.pid().unwrap_or_default(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("enrolment {enrol_time:.1?}; first connection of all {connect_time:.1?} (trust exchange settled after {settle_time:.1?})");
@@ -835,7 +704,7 @@ async fn bench(nofile: u64) -> Result<()> {
         t.abort();
     }
     ctl.kill()?;
-    keep_logs(dir.path(), &ctl.logs);
+    keep_logs(dir.path(), ctl.logs());
     Ok(())
 }
 

@@ -104,16 +104,16 @@ async fn bench(seed: u64) -> Result<()> {
             &keep,
         ],
     )?;
-    ctl.spawn()?;
+    ctl.process.start()?;
     let operator = ctl.ready(Duration::from_secs(30)).await?;
     let target = Target {
-        url: ctl.url.clone(),
+        url: ctl.process.url().to_string(),
         ca_pem: ctl.ca_pem.clone(),
         operator,
     };
     let mut hour = scenarios::offline_hour(target, cfg).await?;
     hour.swept = Some(ctl.swept_from_logs());
-    ctl.kill9()?;
+    ctl.process.kill()?;
     keep_logs(dir.path(), "hour");
     println!();
     println!(

@@ -33,6 +33,9 @@ use crate::identity::{HostId, OperatorId};
 use crate::server::{self, Running, ServerOptions};
 use crate::store::Store;
 
+mod process;
+pub use process::{free_port, ControllerProcess};
+
 /// A controller on 127.0.0.1 with its data in a temporary directory.
 pub struct Sandbox {
     dir: Option<tempfile::TempDir>,

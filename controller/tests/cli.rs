@@ -3,68 +3,46 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use palisade_controller::sandbox::AgentCreds;
+use palisade_controller::sandbox::{free_port, AgentCreds, ControllerProcess};
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_palisade-controller");
 const CLI: &str = env!("CARGO_BIN_EXE_palisade");
 
 struct Controller {
-    child: Child,
+    process: ControllerProcess,
+    /// As the controller printed it.
     url: String,
 }
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn controller(data: &Path, port: u16) -> ControllerProcess {
+    ControllerProcess::new(CONTROLLER, data, port).env("RUST_LOG", "warn")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(data: &Path, listen: &str, metrics: Option<u16>) -> Controller {
-    let mut cmd = Command::new(CONTROLLER);
-    cmd.args(["run", "--data"])
-        .arg(data)
-        .args(["--listen", listen])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(m) = metrics {
-        cmd.args(["--metrics-listen", &format!("127.0.0.1:{m}")]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut url = None;
-    let mut text = String::new();
-    for _ in 0..12 {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            break;
+/// Starts it and reads the URL from what it prints (into its log).
+fn start(mut process: ControllerProcess) -> Controller {
+    process.start().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = process.log_text();
+        if text.contains("operator access") || Instant::now() > deadline {
+            break text;
         }
-        text.push_str(&line);
-        if let Some(u) = line.trim().strip_prefix("URL (in tokens):") {
-            url = Some(u.trim().to_string());
-        }
-        if line.contains("operator access") {
-            break;
-        }
-    }
+        process.check_alive().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let url = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("URL (in tokens):"))
+        .map(|u| u.trim().to_string());
     assert!(
         text.contains("CA certificate:") && text.contains("store:"),
         "{text}"
     );
     Controller {
-        child,
+        process,
         url: url.unwrap_or_else(|| panic!("no URL in {text}")),
     }
 }
@@ -94,28 +72,17 @@ async fn the_binaries_work_together_and_kill_9_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cert = dir.path().join("alice.pem");
-    let out = Command::new(CONTROLLER)
-        .args(["operator-cert", "--data"])
-        .arg(&data)
-        .args(["--name", "alice", "--out"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let port = free_port().unwrap();
+    let metrics = free_port().unwrap();
+    let first = controller(&data, port).args(["--metrics-listen", &format!("127.0.0.1:{metrics}")]);
+    first.operator_cert("alice", &cert).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
         0o600
     );
 
-    let port = free_port();
-    let metrics = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut c = start(&data, &listen, Some(metrics));
+    let mut c = start(first);
     assert_eq!(c.url, format!("https://127.0.0.1:{port}"));
 
     let token = ok(
@@ -228,10 +195,9 @@ async fn the_binaries_work_together_and_kill_9_loses_nothing_acknowledged() {
     );
 
     // kill -9, start again: every acknowledged ban is there.
-    c.child.kill().unwrap();
-    c.child.wait().unwrap();
+    c.process.kill().unwrap();
     drop(c);
-    let c = start(&data, &listen, None);
+    let c = start(controller(&data, port));
     let bans = ok(&c, &cert, &["bans", "--tenant", "t1"]);
     assert_eq!(bans.lines().count(), 31, "{bans}");
     assert!(ok(
@@ -292,15 +258,9 @@ async fn fleet_of_one(
 ) {
     let data = dir.join("data");
     let cert = dir.join("bob.pem");
-    let out = Command::new(CONTROLLER)
-        .args(["operator-cert", "--data"])
-        .arg(&data)
-        .args(["--name", "bob", "--out"])
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let c = start(&data, &format!("127.0.0.1:{}", free_port()), None);
+    let process = controller(&data, free_port().unwrap());
+    process.operator_cert("bob", &cert).unwrap();
+    let c = start(process);
     let token = ok(
         &c,
         &cert,

@@ -25,10 +25,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,7 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use futures_util::stream::{self, StreamExt};
 use palisade_controller::client::{self, OperatorAuth, OperatorClient};
-use palisade_controller::sandbox::{AgentCreds, SimAgent};
+use palisade_controller::fleet::user_rules_to_pb;
+use palisade_controller::sandbox::{free_port, AgentCreds, ControllerProcess, SimAgent};
 use palisade_controller::store::{now_secs, Change, SledStore, Store};
 use palisade_proto::v1 as pb;
 use pb::agent_message::Body as Up;
@@ -52,96 +50,37 @@ pub const CONTROLLER: &str = env!("CARGO_BIN_EXE_palisade-controller");
 
 // ------------------------------------------------------------------ binary
 
-/// The real controller binary in a child process.
+/// The real controller binary, with an operator's bundle.
 pub struct Binary {
-    pub data: PathBuf,
-    pub port: u16,
-    pub url: String,
-    /// Extra arguments to `run`.
-    pub args: Vec<String>,
+    pub process: ControllerProcess,
     pub bundle: String,
     pub ca_pem: String,
-    child: Option<Child>,
-    pub logs: Vec<PathBuf>,
 }
 
 impl Binary {
     /// A data directory in `dir` with an operator bundle (which creates the
-    /// CA); not started.
+    /// CA); not started. `args` go to `run`.
     pub fn prepare(dir: &Path, args: &[&str]) -> Result<Binary> {
-        let data = dir.join("controller");
-        let bundle_path = dir.join("operator.pem");
-        let out = Command::new(CONTROLLER)
-            .args(["operator-cert", "--name", "faults", "--data"])
-            .arg(&data)
-            .arg("--out")
-            .arg(&bundle_path)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "operator-cert: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let process = ControllerProcess::new(CONTROLLER, dir.join("controller"), free_port()?)
+            .args(args)
+            .env("RUST_LOG", "info");
         Ok(Binary {
-            url: format!("https://127.0.0.1:{port}"),
-            bundle: std::fs::read_to_string(&bundle_path)?,
-            ca_pem: std::fs::read_to_string(data.join("ca.pem"))?,
-            data,
-            port,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            child: None,
-            logs: vec![],
+            bundle: process.operator_cert("faults", &dir.join("operator.pem"))?,
+            ca_pem: process.ca_pem()?,
+            process,
         })
-    }
-
-    pub fn spawn(&mut self) -> Result<()> {
-        let log = self
-            .data
-            .with_file_name(format!("controller-{}.log", self.logs.len()));
-        let out = File::create(&log)?;
-        let mut cmd = Command::new(CONTROLLER);
-        // Dies with us (a ^C or a panic skips Drop).
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
-            .arg("run")
-            .arg("--data")
-            .arg(&self.data)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()?;
-        self.child = Some(child);
-        self.logs.push(log);
-        Ok(())
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     /// Waits until an operator call succeeds; returns the client.
     pub async fn ready(&mut self, within: Duration) -> Result<OperatorClient> {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(st) = self.child.as_mut().context("not running")?.try_wait()? {
-                bail!("the controller exited: {st}; log:\n{}", self.log_tail());
-            }
-            if let Ok(mut op) =
-                client::operator(&self.url, OperatorAuth::Bundle(self.bundle.clone())).await
+            self.process.check_alive()?;
+            if let Ok(mut op) = client::operator(
+                self.process.url(),
+                OperatorAuth::Bundle(self.bundle.clone()),
+            )
+            .await
             {
                 if op.list_tenants(pb::ListRequest {}).await.is_ok() {
                     return Ok(op);
@@ -150,44 +89,16 @@ impl Binary {
             if Instant::now() > deadline {
                 bail!(
                     "the controller did not answer within {within:?}; log:\n{}",
-                    self.log_tail()
+                    self.process.log_tail()
                 );
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// SIGKILL, and reap it.
-    pub fn kill9(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            c.wait()?;
-        }
-        Ok(())
-    }
-
-    /// Every log so far, in order.
-    pub fn log_text(&self) -> String {
-        self.logs
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    pub fn log_tail(&self) -> String {
-        let text = self
-            .logs
-            .last()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
     /// Expired bans the controller's housekeeping swept (from its logs).
     pub fn swept_from_logs(&self) -> usize {
-        strip_ansi(&self.log_text())
+        strip_ansi(&self.process.log_text())
             .lines()
             .filter(|l| l.contains("expired bans removed"))
             .filter_map(|l| l.split("expired=").nth(1)?.split_whitespace().next())
@@ -212,12 +123,6 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.kill9();
-    }
 }
 
 // ------------------------------------------------------------------ agents
@@ -720,9 +625,9 @@ pub async fn burst_kill9(dir: &Path, cfg: BurstConfig) -> Result<BurstReport> {
     const TENANT: &str = "burst";
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let mut ctl = Binary::prepare(dir, &[])?;
-    ctl.spawn()?;
+    ctl.process.start()?;
     let mut op = ctl.ready(Duration::from_secs(30)).await?;
-    let (url, ca) = (ctl.url.clone(), ctl.ca_pem.clone());
+    let (url, ca) = (ctl.process.url().to_string(), ctl.ca_pem.clone());
 
     // Agents: reporters and observers at both sites.
     let mut names = vec![];
@@ -876,12 +781,15 @@ pub async fn burst_kill9(dir: &Path, cfg: BurstConfig) -> Result<BurstReport> {
             break;
         }
         if t_burst.elapsed() > Duration::from_secs(300) {
-            bail!("only {count} acks after 300 s; log:\n{}", ctl.log_tail());
+            bail!(
+                "only {count} acks after 300 s; log:\n{}",
+                ctl.process.log_tail()
+            );
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let acks_at_kill = acks.lock().unwrap().count;
-    ctl.kill9()?;
+    ctl.process.kill()?;
     let t_kill = Instant::now();
     killed.store(true, Ordering::SeqCst);
     let _ = kill_tx.send(true);
@@ -932,7 +840,7 @@ pub async fn burst_kill9(dir: &Path, cfg: BurstConfig) -> Result<BurstReport> {
     // is dead, so the directory is free): every revision an agent saw must
     // be there, for the same change.
     {
-        let store = SledStore::open(&ctl.data.join("store"))?;
+        let store = SledStore::open(&ctl.process.data_dir().join("store"))?;
         report.durable_revision = store.tenant(TENANT)?.map_or(0, |t| t.revision);
         let log: HashMap<u64, Change> = store
             .changes_since(TENANT, 0)?
@@ -971,7 +879,7 @@ pub async fn burst_kill9(dir: &Path, cfg: BurstConfig) -> Result<BurstReport> {
     }
 
     // Restart on the same directory and port.
-    ctl.spawn()?;
+    ctl.process.start()?;
     let mut op = ctl.ready(Duration::from_secs(60)).await?;
     report.restart = t_kill.elapsed();
     let listed = list_bans(&mut op, TENANT).await?;
@@ -1079,7 +987,7 @@ pub async fn burst_kill9(dir: &Path, cfg: BurstConfig) -> Result<BurstReport> {
         },
         last_post,
     );
-    ctl.kill9()?;
+    ctl.process.kill()?;
     Ok(report)
 }
 
@@ -1408,22 +1316,6 @@ fn user_rules(i: usize) -> BTreeMap<String, Vec<String>> {
     m
 }
 
-fn rules_to_pb(users: &BTreeMap<String, Vec<String>>) -> pb::UserRules {
-    pb::UserRules {
-        users: users
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    pb::ServiceList {
-                        services: v.clone(),
-                    },
-                )
-            })
-            .collect(),
-    }
-}
-
 /// Part 2.
 pub async fn offline_hour(target: Target, cfg: HourConfig) -> Result<HourReport> {
     const TENANT: &str = "hour";
@@ -1491,10 +1383,10 @@ pub async fn offline_hour(target: Target, cfg: HourConfig) -> Result<HourReport>
     let mut rules = user_rules(0);
     op.set_user_rules(pb::UserRulesRequest {
         tenant: TENANT.into(),
-        rules: Some(rules_to_pb(&rules)),
+        rules: Some(user_rules_to_pb(&rules)),
     })
     .await?;
-    let want = rules_to_pb(&rules);
+    let want = user_rules_to_pb(&rules);
     away.wait_until(Duration::from_secs(30), |s| {
         s.bans.len() == pre_bans && s.user_rules.as_ref() == Some(&want)
     })
@@ -1652,7 +1544,7 @@ pub async fn offline_hour(target: Target, cfg: HourConfig) -> Result<HourReport>
             Step::UserRules(u) => {
                 op.set_user_rules(pb::UserRulesRequest {
                     tenant: TENANT.into(),
-                    rules: Some(rules_to_pb(u)),
+                    rules: Some(user_rules_to_pb(u)),
                 })
                 .await?;
                 rules = u.clone();
@@ -1851,7 +1743,7 @@ pub async fn offline_hour(target: Target, cfg: HourConfig) -> Result<HourReport>
         .await?
         .into_inner();
     report.user_rules_same =
-        back.user_rules.as_ref() == Some(&api_rules) && api_rules == rules_to_pb(&rules);
+        back.user_rules.as_ref() == Some(&api_rules) && api_rules == user_rules_to_pb(&rules);
     for r in reporters {
         let _ = r.stop().await;
     }
