@@ -22,6 +22,9 @@
 //! * [`probe`], [`probe_all`], [`UdpFlow`] — the client side: "does this
 //!   connection get through?".
 //! * [`Lab`] — a ready-made PBX with one client namespace per zone.
+//! * [`Dnsmasq`], [`ResolvConf`], [`resolve`] — a real DNS server in a
+//!   namespace, and the per-namespace `resolv.conf` that programs started
+//!   with `ip netns exec` resolve through.
 //!
 //! Everything needs root (`CAP_NET_ADMIN` and `CAP_SYS_ADMIN`); tests call
 //! [`require_root_tools`] first so that a missing privilege or tool fails
@@ -47,6 +50,7 @@
 //! use that way, and namespace names are unique per process and per run.
 
 mod agent;
+mod dns;
 mod host;
 mod lab;
 mod link;
@@ -56,6 +60,7 @@ mod probe;
 mod sip;
 
 pub use agent::{structure, table_json, AgentHost};
+pub use dns::{require_dns_tools, resolve, Dnsmasq, ResolvConf};
 pub use host::{require_root_tools, workspace_bin};
 pub use lab::{Client, Lab};
 pub use link::{add_address, veth, wait_ipv6_ready};

@@ -367,7 +367,7 @@ pub fn cleanup_stale_namespaces() -> Result<Vec<String>> {
 
 /// The pid embedded in a name made by [`Netns::new`], or `None` if `name`
 /// does not follow the pattern `pal<tag>-<pid>-<n>`.
-fn harness_pid(name: &str) -> Option<u32> {
+pub(crate) fn harness_pid(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(PREFIX)?;
     let mut parts = rest.rsplitn(3, '-');
     let (n, pid, tag) = (parts.next()?, parts.next()?, parts.next()?);
@@ -378,7 +378,7 @@ fn harness_pid(name: &str) -> Option<u32> {
     pid.parse().ok().filter(|&pid| pid > 0)
 }
 
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };

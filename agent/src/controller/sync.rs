@@ -471,7 +471,7 @@ enum End {
 /// A policy change waiting for proof that the controller is still reachable.
 struct Confirming {
     revision: u64,
-    probe: tokio::task::JoinHandle<Result<(), String>>,
+    probe: tokio::task::JoinHandle<Probe>,
 }
 
 impl Drop for Confirming {
@@ -576,7 +576,7 @@ async fn session(ctx: &Ctx, enrolled: &Enrolled, local: &mut Local) -> End {
             }
             done = async { (&mut s.confirming.as_mut().expect("guarded").probe).await }, if s.confirming.is_some() => {
                 let c = s.confirming.take().expect("guarded");
-                let probe = done.unwrap_or_else(|e| Err(format!("probe task: {e}")));
+                let probe = done.unwrap_or_else(|e| Probe::failed(format!("probe task: {e}")));
                 if let Err(why) = s.settle_policy(local, c.revision, probe).await {
                     return s.lost(why);
                 }
@@ -946,7 +946,7 @@ impl Session<'_> {
         &mut self,
         local: &mut Local,
         revision: u64,
-        probe: Result<(), String>,
+        probe: Probe,
     ) -> Result<(), String> {
         let Some(state) = local.policy_state() else {
             return Ok(());
@@ -954,12 +954,18 @@ impl Session<'_> {
         let Some(id) = state.pending.clone() else {
             return Ok(());
         };
-        let outcome = match probe {
-            Ok(()) => {
-                self.confirm(id, state.toml.clone().unwrap_or_default())
-                    .await
-            }
-            Err(why) => {
+        let outcome = match probe.reached {
+            // Through, but perhaps only after the engine's own deadline
+            // rolled the change back: then the last failure is why.
+            true => self
+                .confirm(id, state.toml.clone().unwrap_or_default())
+                .await
+                .map_err(|e| match &probe.last_failure {
+                    Some(why) => format!("{e}; the last attempt through it: {why}"),
+                    None => e,
+                }),
+            false => {
+                let why = probe.last_failure.unwrap_or_default();
                 if let Err(e) = self.ctx.blocking(|a| a.rollback_due()).await {
                     error!(error = %e, "rollback failed");
                 }
@@ -1075,21 +1081,53 @@ fn settled(local: &Local, outcome: &Result<(), String>) {
     });
 }
 
-/// Tries new mutual-TLS connections to the controller until one works or the
+/// What the confirmation probe found.
+#[derive(Debug)]
+struct Probe {
+    /// A new connection got through before the probe gave up.
+    reached: bool,
+    /// Why the last attempt before that failed (a name that does not
+    /// resolve, a refused connection, no answer): the reason a rollback
+    /// reports, also when the engine's own deadline rolled the change back
+    /// before the probe gave up.
+    last_failure: Option<String>,
+}
+
+impl Probe {
+    fn failed(why: String) -> Probe {
+        Probe {
+            reached: false,
+            last_failure: Some(why),
+        }
+    }
+}
+
+/// Tries new mutual-TLS connections to the controller (its name resolved
+/// afresh each time, as a restarted agent would) until one works or the
 /// pending change's deadline (Unix seconds) has passed.
-async fn probe(url: String, e: Enrolled, deadline: u64) -> Result<(), String> {
+async fn probe(url: String, e: Enrolled, deadline: u64) -> Probe {
+    let mut last_failure = None;
     loop {
-        let config =
-            tls::mutual_config(&e.ca_pem, &e.cert_pem, &e.key_pem).map_err(|e| causes(&e))?;
+        let config = match tls::mutual_config(&e.ca_pem, &e.cert_pem, &e.key_pem) {
+            Ok(c) => c,
+            Err(err) => return Probe::failed(causes(&err)),
+        };
         let why =
             match tokio::time::timeout(Duration::from_secs(3), tls::connect(&url, config)).await {
-                Ok(Ok(_channel)) => return Ok(()),
+                Ok(Ok(_channel)) => {
+                    return Probe {
+                        reached: true,
+                        last_failure,
+                    }
+                }
                 Ok(Err(err)) => causes(&err),
                 Err(_) => "no answer within 3 s".to_string(),
             };
+        debug!(error = %why, "the controller not reached through the pending change yet");
         if now_unix() >= deadline {
-            return Err(why);
+            return Probe::failed(why);
         }
+        last_failure = Some(why);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
