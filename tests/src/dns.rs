@@ -12,11 +12,12 @@
 use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::host::require_programs;
 use crate::netns::{harness_pid, process_alive};
 use crate::{ChildGuard, Netns};
 
@@ -261,22 +262,8 @@ fn cleanup_stale(root: &Path) {
 /// Fails with an explanation unless dnsmasq and getent are installed: like
 /// [`crate::require_root_tools`], a missing tool fails the test loudly.
 pub fn require_dns_tools() -> Result<()> {
-    for (program, args, package) in [
-        ("dnsmasq", &["--version"][..], "dnsmasq"),
-        ("getent", &["--version"][..], "libc-bin"),
-    ] {
-        match Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                bail!("`{program}` not found in PATH: install it (`apt-get install {package}`)")
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot run `{program}`")),
-        }
-    }
-    Ok(())
+    require_programs(&[
+        ("dnsmasq", &["--version"], "apt-get install dnsmasq-base"),
+        ("getent", &["--version"], "apt-get install libc-bin"),
+    ])
 }

@@ -2,7 +2,7 @@
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -42,6 +42,27 @@ fn require_tool(program: &str, version_args: &[&str], package: &str) -> Result<(
         }
         Err(e) => Err(e).with_context(|| format!("cannot run `{program}`")),
     }
+}
+
+/// Fails naming what to install unless each `(program, args, install)`
+/// runs. Only whether it starts matters, not its exit status (`sipp -v`
+/// exits 99, for one).
+pub(crate) fn require_programs(tools: &[(&str, &[&str], &str)]) -> Result<()> {
+    for (program, args, install) in tools {
+        match Command::new(program)
+            .args(*args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                bail!("`{program}` not found in PATH: install it (`{install}`)")
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot run `{program}`")),
+        }
+    }
+    Ok(())
 }
 
 /// Path of a binary of this workspace (e.g. `"palisade-agent"`) built into

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
+use crate::host::require_programs;
 use crate::{AgentHost, ChildGuard, Client, Lab, Netns, Signal};
 
 /// The SIP port the registrar listens on (UDP and TCP).
@@ -112,22 +113,7 @@ pub fn require_sip_tools() -> Result<()> {
         ),
         ("timeout", &["--version"], "apt-get install coreutils"),
     ];
-    for (program, args, install) in tools {
-        // Only whether it runs matters: `sipp -v` exits 99, for one.
-        match Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                bail!("`{program}` not found in PATH: install it (`{install}`)")
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot run `{program}`")),
-        }
-    }
-    Ok(())
+    require_programs(&tools)
 }
 
 /// Holds the right to run a heavy SIP scenario; see [`exclusive`].
