@@ -1,5 +1,6 @@
 //! `AgentService`: enrolment and the per-agent sync stream.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::auth;
-use crate::fleet::{check_addresses, check_ban, check_name, event, status_of, Cut, Fleet, Live};
+use crate::fleet::{check_ban, check_name, event, known_addresses, status_of, Cut, Fleet, Live};
 use crate::identity::HostId;
 use crate::store::{now_secs, AuditRecord, Change, Enrolment, HostSeen, RevEntry, StoreError};
 use crate::token::TokenClaims;
@@ -112,6 +113,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let peer = peer_addr(&req);
+        let req_ip = req.remote_addr().map(|a| a.ip());
         let span = tracing::info_span!("rpc", rpc = "Sync", %peer, host = tracing::field::Empty);
         let fleet = self.fleet.clone();
         let (me, serial) = match auth::agent(&req) {
@@ -164,7 +166,8 @@ impl pb::agent_service_server::AgentService for AgentApi {
                 "Hello.protocol_version is missing",
             )));
         }
-        let addresses = check_addresses(&hello.addresses).map_err(&refuse)?;
+        let seen_ip = req_ip.filter(|_| fleet.trust_seen_addresses);
+        let (addresses, seen_from) = known_addresses(&hello.addresses, seen_ip).map_err(&refuse)?;
 
         // Listen before reading the store: nothing committed from here on
         // can be missed.
@@ -174,6 +177,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
         let seen = HostSeen {
             now: now_secs(),
             addresses: Some(addresses),
+            seen_from: Some(seen_from),
             agent_version: Some(hello.agent_version.clone()),
             revision_acked: Some(hello.last_revision),
         };
@@ -206,6 +210,7 @@ impl pb::agent_service_server::AgentService for AgentApi {
             actor,
             tx,
             sent: 0,
+            seen_ip,
         };
         tracing::info!(parent: &span, last_revision = hello.last_revision, version = %hello.agent_version, "agent connected");
         tokio::spawn(
@@ -225,6 +230,9 @@ struct Session {
     tx: mpsc::Sender<Result<pb::ControllerMessage, Status>>,
     /// The revision this agent has been brought to (sent, or not for it).
     sent: u64,
+    /// Where the stream comes from, when that counts among the host's
+    /// addresses (see [`known_addresses`]).
+    seen_ip: Option<IpAddr>,
 }
 
 /// The session ends: the agent went away (or the status to end it with).
@@ -496,13 +504,17 @@ impl Session {
 
     async fn seen(&mut self, addresses: Option<&Vec<String>>) -> Result<(), End> {
         let fleet = self.fleet.clone();
-        let addresses = match addresses {
-            Some(a) => Some(check_addresses(a)?),
-            None => None,
+        let (addresses, seen_from) = match addresses {
+            Some(a) => {
+                let (all, seen) = known_addresses(a, self.seen_ip)?;
+                (Some(all), Some(seen))
+            }
+            None => (None, None),
         };
         let seen = HostSeen {
             now: now_secs(),
             addresses,
+            seen_from,
             ..HostSeen::default()
         };
         let entry = fleet.store.host_seen(&self.me, &seen).map_err(status_of)?;

@@ -86,6 +86,10 @@ pub struct Fleet {
     own_addresses: Vec<IpAddr>,
     /// Every tenant's events, for operators watching (`Events`).
     events: broadcast::Sender<Arc<pb::AgentEvent>>,
+    /// Whether the address an agent's connection comes from is one of the
+    /// host's addresses (see [`known_addresses`]); off behind a proxy that
+    /// hides the agents' addresses.
+    pub trust_seen_addresses: bool,
 }
 
 impl Fleet {
@@ -103,12 +107,18 @@ impl Fleet {
             next_question: AtomicU64::new(1),
             own_addresses: Vec::new(),
             events: broadcast::channel(EVENTS_CAPACITY).0,
+            trust_seen_addresses: true,
         }
     }
 
     /// Names the controller's own addresses (see [`Fleet::unbannable`]).
     pub fn with_own_addresses(mut self, addrs: Vec<IpAddr>) -> Fleet {
         self.own_addresses = addrs;
+        self
+    }
+
+    pub fn with_seen_addresses(mut self, trust: bool) -> Fleet {
+        self.trust_seen_addresses = trust;
         self
     }
 
@@ -757,20 +767,47 @@ pub fn check_addresses(list: &[String]) -> Result<Vec<String>, Status> {
             .trim()
             .parse()
             .map_err(|_| Status::invalid_argument(format!("{a:?} is not an IP address")))?;
-        let useless = ip.is_loopback()
-            || ip.is_unspecified()
-            || ip.is_multicast()
-            || match ip {
-                IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
-                IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
-            };
-        if !useless {
+        if trustable(ip) {
             out.push(ip.to_string());
         }
     }
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// Whether another host could see this one's traffic come from `ip`
+/// (loopback, link-local, multicast and the like say nothing about a host
+/// elsewhere).
+pub fn trustable(ip: IpAddr) -> bool {
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || match ip {
+            IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
+            IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+        })
+}
+
+/// What a host is known by: the addresses it reported (checked) and the one
+/// its connection came from, when that is trustable (a NAT's public
+/// address: what the tenant's other hosts see its trunks come from). The
+/// second value is that address when the host did not report it itself.
+pub fn known_addresses(
+    reported: &[String],
+    seen: Option<IpAddr>,
+) -> Result<(Vec<String>, String), Status> {
+    let mut all = check_addresses(reported)?;
+    let seen = seen
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| trustable(*ip))
+        .map(|ip| ip.to_string())
+        .filter(|ip| !all.contains(ip));
+    if let Some(ip) = &seen {
+        all.push(ip.clone());
+        all.sort();
+    }
+    Ok((all, seen.unwrap_or_default()))
 }
 
 /// A name from a request, as a status.
@@ -818,5 +855,28 @@ mod tests {
         assert_eq!(got, ["198.51.100.2", "2001:db8::5"]);
         assert!(check_addresses(&["nope".into()]).is_err());
         assert!(check_addresses(&vec!["192.0.2.1".to_string(); 65]).is_err());
+    }
+
+    #[test]
+    fn the_address_a_host_connects_from_is_one_of_its_own() {
+        let reported = ["10.0.0.5".to_string(), "2001:db8::5".to_string()];
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // Behind NAT: the public address joins the reported ones.
+        let (all, seen) = known_addresses(&reported, ip("203.0.113.7")).unwrap();
+        assert_eq!(all, ["10.0.0.5", "2001:db8::5", "203.0.113.7"]);
+        assert_eq!(seen, "203.0.113.7");
+        // A v4 client of a dual-stack listener, written as v6.
+        let (all, seen) = known_addresses(&reported, ip("::ffff:203.0.113.7")).unwrap();
+        assert_eq!(all, ["10.0.0.5", "2001:db8::5", "203.0.113.7"]);
+        assert_eq!(seen, "203.0.113.7");
+        // Reported already: nothing only the connection told.
+        let (all, seen) = known_addresses(&reported, ip("2001:db8::5")).unwrap();
+        assert_eq!(all, ["10.0.0.5", "2001:db8::5"]);
+        assert_eq!(seen, "");
+        // Loopback (a controller on the same host) says nothing.
+        let (all, seen) = known_addresses(&reported, ip("127.0.0.1")).unwrap();
+        assert_eq!(all, ["10.0.0.5", "2001:db8::5"]);
+        assert_eq!(seen, "");
+        assert!(known_addresses(&["x".into()], ip("203.0.113.7")).is_err());
     }
 }

@@ -253,6 +253,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                     agent_version: h.agent_version,
                     policy_revision: h.policy_revision,
                     policy_error: h.policy_error.unwrap_or_default(),
+                    seen_from: h.seen_from,
                 })
                 .collect();
             Ok(Response::new(pb::ListHostsResponse { hosts }))

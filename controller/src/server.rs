@@ -59,6 +59,10 @@ pub struct ServerOptions {
     /// A ban is swept from the store this long after it expired (agents
     /// expire bans on their own; a swept ban gets no revision).
     pub ban_sweep_grace: Duration,
+    /// The address an agent connects from is one of its host's addresses,
+    /// trusted by the tenant's other hosts (a site behind NAT). Off when
+    /// agents reach the controller through a proxy that hides them.
+    pub trust_seen_addresses: bool,
 }
 
 impl ServerOptions {
@@ -74,6 +78,7 @@ impl ServerOptions {
             confirm_within_secs: 30,
             housekeeping_every: HOUSEKEEPING_EVERY,
             ban_sweep_grace: BAN_SWEEP_GRACE,
+            trust_seen_addresses: true,
         }
     }
 }
@@ -215,7 +220,9 @@ pub async fn start(opts: ServerOptions) -> Result<Running, ServerError> {
     let own = own_addresses(&names, &url).await;
     tracing::info!(addresses = ?own, "the controller's own addresses, never banned");
     let fleet = Arc::new(
-        Fleet::new(store, pki, url.clone(), opts.confirm_within_secs).with_own_addresses(own),
+        Fleet::new(store, pki, url.clone(), opts.confirm_within_secs)
+            .with_own_addresses(own)
+            .with_seen_addresses(opts.trust_seen_addresses),
     );
 
     let (conn_tx, conn_rx) = mpsc::channel(128);

@@ -28,6 +28,11 @@
 //!   straight into site A's kernel ban set does not cut A off either (the
 //!   `controller` set is accepted before the bans): A reaches the
 //!   controller and gets a later ban within 1 s.
+//! * [`a_site_behind_nat_is_trusted_at_its_public_address`]: site B's PBX
+//!   sits on a private LAN behind a masquerading gateway; the controller
+//!   counts the address B's stream comes from among B's own, so site A
+//!   trusts B's public address (B's trunk traffic gets through, a stranger's
+//!   does not), and follows it when the gateway's address changes.
 //! * [`operators_explain_lift_and_set_user_rules_across_real_agents`]:
 //!   `palisade explain` answered by every host from its own kernel,
 //!   `palisade ban lift` ending the ban at the host that proved it as well as
@@ -38,8 +43,9 @@
 use anyhow::{bail, Context, Result};
 use palisade_tests::{
     ban_of, exclusive, grant_elements, password, probe, require_dns_tools, require_root_tools,
-    require_sip_tools, resolve, set_elements, structure, svcrack, workspace_bin, wrong_passwords,
-    AgentHost, ChildGuard, Dnsmasq, Lab, Netns, Proto, Registrar, ResolvConf, Sipp,
+    require_sip_tools, resolve, set_elements, structure, svcrack, veth, workspace_bin,
+    wrong_passwords, AgentHost, ChildGuard, Dnsmasq, Lab, Listener, Netns, Proto, Registrar,
+    ResolvConf, Sipp,
 };
 use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -194,12 +200,23 @@ impl Controller {
     /// The POLICY column of `palisade hosts --tenant T` for host `id`: what
     /// the host last said of the controller's policy.
     fn host_policy(&self, ns: &Netns, tenant: &str, id: &str) -> Result<String> {
+        self.host_column(ns, tenant, id, 6)
+    }
+
+    /// The ADDRESSES column of `palisade hosts --tenant T` for host `id`,
+    /// split (an address only the controller saw ends in `*`).
+    fn host_addresses(&self, ns: &Netns, tenant: &str, id: &str) -> Result<Vec<String>> {
+        let column = self.host_column(ns, tenant, id, 5)?;
+        Ok(column.split(',').map(str::to_owned).collect())
+    }
+
+    fn host_column(&self, ns: &Netns, tenant: &str, id: &str, n: usize) -> Result<String> {
         let out = self.operator(ns, &["hosts", "--tenant", tenant])?;
         out.lines()
             .find(|l| l.split('\t').next() == Some(id))
-            .and_then(|l| l.split('\t').nth(6))
+            .and_then(|l| l.split('\t').nth(n))
             .map(str::to_owned)
-            .with_context(|| format!("no policy column for {id} in {out:?}"))
+            .with_context(|| format!("no column {n} for {id} in {out:?}"))
     }
 
     /// `palisade audit --tenant T` (newest first), one entry a line.
@@ -245,15 +262,31 @@ impl<'a> Site<'a> {
         policy: &str,
     ) -> Result<Site<'a>> {
         let host = lab.client(client);
-        let agent = AgentHost::new(&host.ns)?;
+        let addrs = (host.v4.to_string(), host.v6.to_string());
+        Site::start_in(ctl, &lab.pbx, &host.ns, addrs, id, kamailio, policy)
+    }
+
+    /// [`Site::start`] in any namespace `ns` whose own (v4, v6) addresses
+    /// are `addrs`; `ctl_ns` is the controller's, where tokens are made.
+    fn start_in(
+        ctl: &Controller,
+        ctl_ns: &Netns,
+        ns: &'a Netns,
+        addrs: (String, String),
+        id: &str,
+        kamailio: Option<&Path>,
+        policy: &str,
+    ) -> Result<Site<'a>> {
+        let agent = AgentHost::new(ns)?;
         let none = agent.state_dir().join("no-pbx");
         let kamailio = kamailio.map_or_else(|| none.join("kamailio"), Path::to_path_buf);
         std::fs::write(
             agent.config_path(),
             format!(
                 "[agent.discovery]\nkamailio = {:?}\nasterisk = {:?}\nfreeswitch = {:?}\n\n\
-                 # Reconnect soon after the controller is reachable again.\n\
-                 [agent.controller]\nmax_backoff = \"2s\"\n\n{policy}",
+                 # Reconnect soon after the controller is reachable again, and\n\
+                 # notice a dead connection soon (a heartbeat meets its reset).\n\
+                 [agent.controller]\nmax_backoff = \"2s\"\nheartbeat = \"2s\"\n\n{policy}",
                 kamailio.display().to_string(),
                 none.join("asterisk").display().to_string(),
                 none.join("freeswitch").display().to_string(),
@@ -265,7 +298,7 @@ impl<'a> Site<'a> {
             parts.next().unwrap_or_default(),
             parts.next().unwrap_or_default(),
         );
-        let token = ctl.token(&lab.pbx, tenant, site)?;
+        let token = ctl.token(ctl_ns, tenant, site)?;
         let out = agent.ok(&["enroll", "--token", &token, "--hostname", name])?;
         if !out.contains(id) {
             bail!("enroll said: {out}");
@@ -275,8 +308,8 @@ impl<'a> Site<'a> {
             id: id.to_owned(),
             agent,
             daemon: Some(daemon),
-            v4: host.v4.to_string(),
-            v6: host.v6.to_string(),
+            v4: addrs.0,
+            v6: addrs.1,
         })
     }
 
@@ -1255,5 +1288,146 @@ fn operators_explain_lift_and_set_user_rules_across_real_agents() -> Result<()> 
     .with_context(|| format!("events: {:#?}\n{}", events.lines(), logs()))?;
     let lines = events.stop()?;
     eprintln!("palisade events --tenant acme:\n{}", lines.join("\n"));
+    Ok(())
+}
+
+/// A branch office behind NAT, as most are: site B's PBX has only a private
+/// address (192.168.50.2) behind a gateway that masquerades to its public
+/// one. B reports the private address; the controller sees B's stream come
+/// from the public one, and that is what site A must trust, since B's trunk
+/// traffic arrives from there. Nothing is configured for it.
+#[test]
+fn a_site_behind_nat_is_trusted_at_its_public_address() -> Result<()> {
+    require_root_tools()?;
+    let lab = Lab::new("ctlnat", &[("a", "c-a"), ("gw", "c-gw"), ("x", "c-x")])?;
+    // The middle namespace is the internet between the sites.
+    lab.pbx.sysctl("net.ipv4.ip_forward", "1")?;
+    let (site_a, gw, stranger) = (lab.client("a"), lab.client("gw"), lab.client("x"));
+    // Site B's LAN behind its gateway (the lab's client "gw", whose eth0
+    // address is the site's public one).
+    let lan = Netns::new("ctlnatb")?;
+    let private = "192.168.50.2";
+    veth(
+        &gw.ns,
+        "lan0",
+        &["192.168.50.1/24"],
+        &lan,
+        "eth0",
+        &[&format!("{private}/24")],
+    )?;
+    lan.ip(&["route", "add", "default", "via", "192.168.50.1"])?;
+    gw.ns.sysctl("net.ipv4.ip_forward", "1")?;
+    // A second address on eth0 survives the first one's removal (the
+    // lease change below).
+    gw.ns
+        .sysctl("net.ipv4.conf.eth0.promote_secondaries", "1")?;
+    gw.ns.nft(
+        "table ip nat {\n\
+           chain post {\n\
+             type nat hook postrouting priority srcnat; policy accept;\n\
+             oifname \"eth0\" masquerade\n\
+           }\n\
+         }\n",
+    )?;
+
+    let ctl = Controller::start(&lab.pbx)?;
+    let a = Site::start(&ctl, &lab, "a", "acme/site-a/pbx-a", None, "")?;
+    let _ssh = Listener::start(&site_a.ns, &[(Proto::Tcp, 22)])?;
+    let ssh_a = SocketAddr::new(site_a.v4.into(), 22);
+    let reaches_a = |ns: &Netns| probe(ns, Proto::Tcp, ssh_a, Duration::from_millis(500));
+    wait_for("site A's table in force", Duration::from_secs(10), || {
+        !reaches_a(&stranger.ns)
+    })?;
+    assert!(
+        !reaches_a(&lan),
+        "site B's LAN reaches A before B is enrolled"
+    );
+
+    let b = Site::start_in(
+        &ctl,
+        &lab.pbx,
+        &lan,
+        (private.to_owned(), String::new()),
+        "acme/site-b/pbx-b",
+        None,
+        "",
+    )?;
+    wait_connected(&ctl, &lab.pbx, "acme", &[&a, &b])?;
+    let logs = || format!("{}\n{}\ncontroller: {}", a.log(), b.log(), ctl.log());
+    let public = gw.v4.to_string();
+    let took = wait_for(
+        "site B's public address trusted at site A",
+        Duration::from_secs(5),
+        || a.has("tenant_peer_v4", &public),
+    )
+    .with_context(logs)?;
+    eprintln!(
+        "site B's public address {public} in site A's tenant_peer_v4 {took:?} after B connected"
+    );
+    assert!(a.has("tenant_peer_v4", private), "B's reported address too");
+    assert!(b.has("tenant_peer_v4", &a.v4), "A (not behind NAT) at B");
+    // The operator sees which address only the controller saw.
+    let listed = ctl.host_addresses(&lab.pbx, "acme", &b.id)?;
+    assert!(
+        listed.contains(&format!("{public}*")) && listed.contains(&private.to_owned()),
+        "palisade hosts: {listed:?}"
+    );
+    let listed_a = ctl.host_addresses(&lab.pbx, "acme", &a.id)?;
+    assert!(
+        listed_a.iter().all(|x| !x.ends_with('*')),
+        "A reported the address it connects from: {listed_a:?}"
+    );
+
+    // Traffic: B's PBX, through its NAT, reaches A; a stranger does not.
+    assert!(reaches_a(&lan), "site B's PBX through its NAT\n{}", logs());
+    assert!(!reaches_a(&stranger.ns), "a stranger reaches A's SSH");
+    let out = ctl.operator(
+        &lab.pbx,
+        &["explain", "--tenant", "acme", &public, "22/tcp"],
+    )?;
+    eprintln!("{out}");
+    let at_a = answer_of(&out, &a.id)?;
+    assert!(
+        at_a.contains("ALLOWED at stage trusted") && at_a.contains("tenant_peer"),
+        "{at_a}"
+    );
+
+    // A new lease: the gateway's public address changes. The masquerade
+    // forgets its mappings, B's stream meets a reset at its next heartbeat
+    // and B connects again from the new address; A follows.
+    let new_public = "10.200.2.3";
+    gw.ns
+        .ip(&["addr", "add", &format!("{new_public}/24"), "dev", "eth0"])?;
+    gw.ns
+        .ip(&["addr", "del", &format!("{public}/24"), "dev", "eth0"])?;
+    gw.ns
+        .ip(&["route", "replace", "default", "via", &gw.pbx_v4.to_string()])?;
+    let took = each_within(
+        Duration::from_secs(30),
+        &mut [
+            ("the new public address at site A", &mut || {
+                a.has("tenant_peer_v4", new_public)
+            }),
+            ("the old public address gone from site A", &mut || {
+                !a.has("tenant_peer_v4", &public)
+            }),
+        ],
+    )
+    .with_context(logs)?;
+    eprintln!(
+        "gateway {public} → {new_public}: the new address trusted at site A {:?} after the change, the old one gone after {:?}",
+        took[0], took[1]
+    );
+    assert!(
+        reaches_a(&lan),
+        "site B's PBX through its new address\n{}",
+        logs()
+    );
+    let listed = ctl.host_addresses(&lab.pbx, "acme", &b.id)?;
+    assert!(
+        listed.contains(&format!("{new_public}*"))
+            && !listed.iter().any(|x| x.starts_with(&public)),
+        "palisade hosts: {listed:?}"
+    );
     Ok(())
 }

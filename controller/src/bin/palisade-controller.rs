@@ -54,6 +54,12 @@ enum Cmd {
         /// How long after it expired a ban is removed from the store.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         ban_sweep_grace: Duration,
+        /// Do not count the address an agent connects from among its host's
+        /// addresses (by default it is, so a site behind NAT is trusted at
+        /// its public address): for a controller behind a proxy or load
+        /// balancer, where every agent seems to come from the proxy.
+        #[arg(long)]
+        ignore_seen_addresses: bool,
     },
     /// Write an operator's certificate bundle (certificate, key, CA) for `palisade --cert`.
     OperatorCert {
@@ -86,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                 revlog_keep,
                 housekeeping_every,
                 ban_sweep_grace,
+                ignore_seen_addresses,
             } => {
                 if let Some(m) = metrics_listen {
                     telemetry::serve_metrics(m)?;
@@ -97,6 +104,7 @@ fn main() -> anyhow::Result<()> {
                 opts.revlog_keep = revlog_keep;
                 opts.housekeeping_every = housekeeping_every;
                 opts.ban_sweep_grace = ban_sweep_grace;
+                opts.trust_seen_addresses = !ignore_seen_addresses;
                 let mut running = server::start(opts)
                     .await
                     .with_context(|| format!("starting the controller on {}", data.display()))?;

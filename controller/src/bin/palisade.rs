@@ -273,7 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .hosts;
-            println!("HOST\tSTATE\tLAST SEEN\tREVISION\tVERSION\tADDRESSES\tPOLICY");
+            println!("HOST\tSTATE\tLAST SEEN\tREVISION\tVERSION\tADDRESSES (*: seen by the controller only)\tPOLICY");
             for h in hosts {
                 let state = if h.revoked {
                     "revoked"
@@ -295,7 +295,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     when(h.last_seen),
                     h.revision,
                     h.agent_version,
-                    h.addresses.join(",")
+                    h.addresses
+                        .iter()
+                        .map(|a| if *a == h.seen_from {
+                            format!("{a}*")
+                        } else {
+                            a.clone()
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
             }
         }

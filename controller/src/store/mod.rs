@@ -62,6 +62,11 @@ pub struct HostRecord {
     pub policy_revision: u64,
     #[serde(default)]
     pub policy_error: Option<String>,
+    /// The address the controller last saw the agent connect from, when
+    /// the agent did not report it itself (a NAT's public address); it is
+    /// in `addresses` too. Empty: none such.
+    #[serde(default)]
+    pub seen_from: String,
 }
 
 impl HostRecord {
@@ -368,7 +373,12 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone, Debug, Default)]
 pub struct HostSeen {
     pub now: u64,
+    /// Every address the host is known by: those it reported and the one
+    /// its connection came from (`None`: unchanged).
     pub addresses: Option<Vec<String>>,
+    /// With `addresses`: the one only the connection told (see
+    /// [`HostRecord::seen_from`]).
+    pub seen_from: Option<String>,
     pub agent_version: Option<String>,
     pub revision_acked: Option<u64>,
 }

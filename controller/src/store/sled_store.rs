@@ -492,6 +492,9 @@ impl Store for SledStore {
             if let Some(r) = seen.revision_acked {
                 h.revision_acked = r;
             }
+            if let Some(from) = &seen.seen_from {
+                h.seen_from.clone_from(from);
+            }
             let mut entry = None;
             if let Some(addresses) = &seen.addresses {
                 let old: BTreeSet<&String> = h.addresses.iter().collect();
@@ -1032,6 +1035,7 @@ mod tests {
         let seen = |addrs: &[&str]| HostSeen {
             now: 20,
             addresses: Some(addrs.iter().map(|a| a.to_string()).collect()),
+            seen_from: None,
             agent_version: Some("1.0".into()),
             revision_acked: Some(0),
         };
