@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::agent_service::AgentApi;
 use crate::auth::OperatorTokens;
@@ -231,6 +231,7 @@ pub async fn start(opts: ServerOptions) -> Result<Running, ServerError> {
         listener,
         tokio_rustls::TlsAcceptor::from(tls),
         conn_tx,
+        fleet.clone(),
     ));
     let housekeeping = tokio::spawn(housekeeping(
         fleet.clone(),
@@ -309,6 +310,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     out: mpsc::Sender<Result<TlsConn, std::io::Error>>,
+    fleet: Arc<Fleet>,
 ) {
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -322,6 +324,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let out = out.clone();
+        let fleet = fleet.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
@@ -331,6 +334,14 @@ async fn accept_loop(
                     metrics::counter!("palisade_controller_tls_handshake_failures_total")
                         .increment(1);
                     tracing::info!(%peer, error = %e, "TLS handshake refused");
+                    // A certificate that was presented and refused (expired,
+                    // another CA's, not for a client) is someone's mistake
+                    // worth an audit line; a scanner's garbage is not.
+                    if let Some(why) = refused_certificate(&e) {
+                        let st =
+                            Status::unauthenticated(format!("client certificate refused: {why}"));
+                        fleet.refused("", &format!("tls@{peer}"), "tls", &st);
+                    }
                 }
                 Err(_) => {
                     metrics::counter!("palisade_controller_tls_handshake_failures_total")
@@ -339,6 +350,15 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Why the client's certificate was refused, when that is what failed the
+/// handshake.
+fn refused_certificate(e: &std::io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(why) => Some(why.to_string()),
+        _ => None,
     }
 }
 

@@ -24,6 +24,55 @@ fn last_audit(sb: &Sandbox) -> AuditRecord {
     sb.store().audit_log("", 1).unwrap().remove(0)
 }
 
+/// Waits (up to 1 s: a handshake's refusal is audited after the client
+/// has heard of it) for the newest refusal of `action` whose detail holds
+/// `text`.
+async fn wait_audited(sb: &Sandbox, action: &str, text: &str) -> AuditRecord {
+    let deadline = tokio::time::Instant::now() + SECOND;
+    loop {
+        let found = sb
+            .store()
+            .audit_log("", 20)
+            .unwrap()
+            .into_iter()
+            .find(|a| a.refused && a.action == action && a.detail.contains(text));
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refused {action} with {text:?} in {:#?}",
+            sb.store().audit_log("", 20).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A certificate (and its key) for `id` from the sandbox's own CA (its
+/// files in the data directory) that expired yesterday.
+fn expired_cert(sb: &Sandbox, id: &HostId) -> (String, String) {
+    let pki_dir = sb.data_dir();
+    let ca_pem = std::fs::read_to_string(pki_dir.join("ca.pem")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki_dir.join("ca.key")).unwrap())
+            .unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        format!("palisade://agent/{}/{}/{}", id.tenant, id.site, id.host)
+            .try_into()
+            .unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - std::time::Duration::from_secs(2 * 86400);
+    params.not_after = now - std::time::Duration::from_secs(86400);
+    let (key_pem, _) = new_key_and_csr("pbx1").unwrap();
+    let key = rcgen::KeyPair::from_pem(&key_pem).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key_pem)
+}
+
 #[tokio::test]
 async fn reused_expired_unknown_and_damaged_tokens_are_refused() {
     let sb = Sandbox::start().await.unwrap();
@@ -185,6 +234,25 @@ async fn wrong_or_missing_client_certificates_are_refused() {
     let text = format!("{err:?}");
     assert!(text.contains("fatal alert: UnknownCA"), "{text}");
     assert_eq!(sb.connected(), 0);
+    wait_audited(&sb, "tls", "UnknownIssuer").await;
+
+    // The host's own identity, signed by this controller's CA, but expired.
+    let (cert_pem, key_pem) = expired_cert(&sb, &good.id);
+    let expired = AgentCreds {
+        cert_pem,
+        key_pem,
+        ..good.clone()
+    };
+    let err = expired.sync(0, &["198.51.100.1"]).await.err().unwrap();
+    let text = format!("{err:?}");
+    assert!(text.contains("fatal alert: CertificateExpired"), "{text}");
+    assert_eq!(sb.connected(), 0);
+    let line = wait_audited(&sb, "tls", "expired").await;
+    assert!(
+        line.detail
+            .contains("client certificate refused: certificate expired"),
+        "{line:?}"
+    );
 
     // No client certificate: Enroll only.
     let ch = palisade_controller::client::channel(sb.url(), &sb.ca_pem(), None)
