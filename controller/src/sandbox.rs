@@ -138,6 +138,19 @@ impl Sandbox {
         self.operator.clone()
     }
 
+    /// Every ban of `tenant`, as operators list them (`ListBans`).
+    pub async fn bans(&self, tenant: &str) -> Result<Vec<pb::Ban>, Status> {
+        Ok(self
+            .operator()
+            .list_bans(pb::ScopeRef {
+                tenant: tenant.into(),
+                site: String::new(),
+            })
+            .await?
+            .into_inner()
+            .bans)
+    }
+
     /// An operator bundle for another operator (of the fleet, or of one
     /// tenant).
     pub fn operator_bundle_for(&self, op: &OperatorId) -> anyhow::Result<String> {

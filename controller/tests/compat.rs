@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use palisade_controller::client::{self, OperatorClient};
+use palisade_controller::client;
 use palisade_controller::sandbox::{AgentCreds, Sandbox};
 use palisade_controller::store::now_secs;
 use palisade_proto::v1 as pb;
@@ -293,15 +293,7 @@ async fn a_newer_controller_serves_an_agent_of_the_first_cut() {
     new.wait_until(SECOND, |s| s.bans.contains_key("203.0.113.2"))
         .await
         .unwrap();
-    let listed = op
-        .list_bans(pb::ScopeRef {
-            tenant: "t1".into(),
-            site: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .bans;
+    let listed = sb.bans("t1").await.unwrap();
     let theirs = listed
         .iter()
         .find(|b| b.address == "203.0.113.2")
@@ -373,9 +365,12 @@ async fn a_newer_controller_serves_an_agent_of_the_first_cut() {
     // Missed while it was away (stored: the controller acknowledges nothing
     // it has not flushed).
     let stored = tokio::time::Instant::now() + SECOND;
-    while !list_bans(&mut op)
+    while !sb
+        .bans("t1")
         .await
-        .contains(&"203.0.113.3".to_string())
+        .unwrap()
+        .iter()
+        .any(|b| b.address == "203.0.113.3")
     {
         assert!(
             tokio::time::Instant::now() < stored,
@@ -392,18 +387,4 @@ async fn a_newer_controller_serves_an_agent_of_the_first_cut() {
         "only what it missed: {:?}",
         old.state()
     );
-}
-
-async fn list_bans(op: &mut OperatorClient) -> Vec<String> {
-    op.list_bans(pb::ScopeRef {
-        tenant: "t1".into(),
-        site: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .bans
-    .into_iter()
-    .map(|b| b.address)
-    .collect()
 }

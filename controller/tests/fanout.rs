@@ -93,15 +93,7 @@ async fn a_ban_reaches_the_tenants_other_site_within_a_second_and_no_other_tenan
 
     // The operator sees it, with its origin, and the audit trail has it.
     let mut op = f.sb.operator();
-    let bans = op
-        .list_bans(pb::ScopeRef {
-            tenant: "t1".into(),
-            site: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .bans;
+    let bans = f.sb.bans("t1").await.unwrap();
     assert_eq!(bans.len(), 1);
     assert_eq!(bans[0].origin, "t1/siteA/pbx1");
     let audit = op
@@ -420,16 +412,7 @@ async fn a_restart_keeps_every_acknowledged_ban_and_revision() {
     );
     assert_eq!(store.tenant("t1").unwrap().unwrap().revision, revision);
     assert_eq!(store.bans("t1").unwrap().len(), 21);
-    let mut op = sb.operator();
-    let listed = op
-        .list_bans(pb::ScopeRef {
-            tenant: "t1".into(),
-            site: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .bans;
+    let listed = sb.bans("t1").await.unwrap();
     assert_eq!(listed.len(), 21);
 
     // B resumes where it was: nothing to send. A fresh sync gets it all.
