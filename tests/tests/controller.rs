@@ -894,8 +894,9 @@ fn a_policy_that_cuts_the_controller_off_is_rolled_back_and_audited() -> Result<
     let asked = Instant::now();
     let lookup = resolve(b.ns(), CONTROLLER_NAME);
     eprintln!(
-        "site B resolving {CONTROLLER_NAME} under the cutting policy ({:?}): {lookup:?}",
-        asked.elapsed()
+        "site B resolving {CONTROLLER_NAME} under the cutting policy ({:?}): {:?}",
+        asked.elapsed(),
+        lookup.as_ref().map_err(|e| format!("{e:#}"))
     );
     assert!(
         lookup.is_err(),
