@@ -562,10 +562,12 @@ async fn bench(nofile: u64) -> Result<()> {
             (s + st.snapshots, r + st.resumes, e + st.connect_errors)
         });
     let reconnect_errors = reconnect_errors - conn_errors_before;
+    // Every agent's first connection was a snapshot: count those since.
+    let snapshots = snapshots.saturating_sub(n as u32);
     let rss_after_restart = ctl.rss_kib()?;
     let cpu_resync = ctl.cpu()?;
     eprintln!(
-        "restart: listening {listening_after:.1?} after the spawn; all welcomed: {resynced}, {resync_time:.2?} after the SIGKILL ({not_back} not back); {resumes} resumes, {snapshots} snapshots, {reconnect_errors} failed attempts"
+        "restart: listening {listening_after:.1?} after the spawn; all welcomed: {resynced}, {resync_time:.2?} after the SIGKILL ({not_back} not back); {resumes} resumes, {snapshots} snapshots since the restart, {reconnect_errors} failed attempts"
     );
 
     // ---- the new streams fan out too.
@@ -654,9 +656,7 @@ async fn bench(nofile: u64) -> Result<()> {
     );
     println!(
         "| restart: resumed from last revision / snapshots / failed attempts | {} / {} / {} | — |",
-        resumes,
-        snapshots.saturating_sub(n as u32),
-        reconnect_errors
+        resumes, snapshots, reconnect_errors
     );
     println!(
         "| agents whose bans differ after the resync (bans off) | {lost_agents} ({lost_bans}) | 0 {} |",
