@@ -22,6 +22,7 @@ fn facts(listen: Vec<ListenPort>, rtp: Option<RtpRange>, peers: Vec<Peer>) -> Pb
         listen,
         rtp,
         peers,
+        public: vec![],
     };
     facts.normalize();
     facts

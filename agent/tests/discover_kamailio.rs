@@ -23,6 +23,7 @@ fn facts(listen: Vec<ListenPort>, peers: Vec<Peer>) -> PbxFacts {
         listen,
         rtp: None,
         peers,
+        public: vec![],
     };
     facts.normalize();
     facts

@@ -1,5 +1,6 @@
 //! What discovery learns from a PBX's own configuration: the ports it listens on,
-//! its RTP range, and the peers (trunks, branch offices, proxies) it talks to.
+//! its RTP range, the peers (trunks, branch offices, proxies) it talks to, and
+//! the public addresses it tells them to use (behind NAT).
 //! Every fact carries its provenance so `explain` can point at the line.
 
 use crate::service::{PortRange, Proto};
@@ -147,6 +148,18 @@ pub struct RtpRange {
     pub provenance: Provenance,
 }
 
+/// An address the PBX advertises as its own to the outside, e.g. the public
+/// address of the NAT it sits behind (pjsip `external_signaling_address`,
+/// sip.conf `externip`, FreeSWITCH `ext-sip-ip`, Kamailio `advertise`). Its
+/// other sites see its traffic come from there, so it is reported to the
+/// controller with the host's own addresses. Never a port's business: only
+/// `Addr` and `Host` targets (a port in the configuration is dropped).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PublicAddress {
+    pub target: PeerTarget,
+    pub provenance: Provenance,
+}
+
 /// Everything discovery found in one PBX's configuration tree.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PbxFacts {
@@ -154,6 +167,9 @@ pub struct PbxFacts {
     pub listen: Vec<ListenPort>,
     pub rtp: Option<RtpRange>,
     pub peers: Vec<Peer>,
+    /// Facts stored by an agent before this field existed read as none.
+    #[serde(default)]
+    pub public: Vec<PublicAddress>,
 }
 
 impl PbxFacts {
@@ -165,6 +181,7 @@ impl PbxFacts {
             self.rtp = other.rtp;
         }
         self.peers.extend(other.peers);
+        self.public.extend(other.public);
     }
 
     /// Sorted and without duplicates, so two discoveries of the same tree compare equal.
@@ -177,6 +194,8 @@ impl PbxFacts {
         self.peers.sort();
         self.peers
             .dedup_by(|a, b| a.name == b.name && a.target == b.target);
+        self.public.sort();
+        self.public.dedup_by(|a, b| a.target == b.target);
     }
 }
 

@@ -21,8 +21,8 @@ pub use config::{parse_policy, ConfigError};
 pub use dynamic::{DynSet, DynamicState, Grant, TimedAddr};
 pub use explain::{explain, Decision, Query, Verdict};
 pub use facts::{
-    DiscoveryError, ListenPort, PbxFacts, PbxKind, Peer, PeerTarget, Provenance, RtpRange,
-    Transport,
+    DiscoveryError, ListenPort, PbxFacts, PbxKind, Peer, PeerTarget, Provenance, PublicAddress,
+    RtpRange, Transport,
 };
 pub use net::Family;
 pub use pipeline::{Stage, INPUT_PIPELINE};

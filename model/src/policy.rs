@@ -290,6 +290,7 @@ mod tests {
                     provenance: prov(60, "registration server_uri"),
                 },
             ],
+            public: vec![],
         }
     }
 
