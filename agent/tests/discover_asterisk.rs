@@ -58,6 +58,13 @@ fn peers(f: &PbxFacts) -> Vec<String> {
         .collect()
 }
 
+fn public(f: &PbxFacts) -> Vec<String> {
+    f.public
+        .iter()
+        .map(|p| format!("{} | {}", target(&p.target), p.provenance))
+        .collect()
+}
+
 fn basename(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or(p)
 }
@@ -139,6 +146,32 @@ fn freepbx_tree_facts_are_exact() {
             "voip-provider | host sip.voip-provider.example port=- transport=- | pjsip.identify.conf:18, [voip-provider] identify match",
             "voip-provider | host sip.voip-provider.example port=5060 transport=udp | pjsip.aor.conf:4518, [voip-provider] aor contact",
         ]
+    );
+    // The NAT's address, in three transports (signaling and media) and
+    // sip_nat.conf's externip: one fact, with the first provenance.
+    assert_eq!(
+        public(f),
+        vec!["addr 203.0.113.5 | pjsip.transports.conf:14, [0.0.0.0-udp] transport external_media_address"]
+    );
+}
+
+#[test]
+fn freepbx_sip_nat_externip_is_read() {
+    // Without the transports' copies, chan_sip's externip is what remains.
+    let dir = freepbx_tree();
+    let path = dir.path().join("pjsip.transports.conf");
+    let transports: String = fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("external_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&path, transports).unwrap();
+    let r = discover_report(dir.path());
+    clean(&r);
+    assert_eq!(
+        public(&r.discovered.facts),
+        vec!["addr 203.0.113.5 | sip_nat.conf:2, [general] externip"]
     );
 }
 
@@ -591,6 +624,124 @@ fn values_asterisk_would_refuse_are_errors_with_lines() {
 }
 
 #[test]
+fn public_addresses_from_transports_and_chan_sip() {
+    let dir = tree(&[
+        (
+            "pjsip.conf",
+            "[nat](!)\n\
+             external_signaling_address=203.0.113.9\n\
+             external_media_address=203.0.113.9\n\
+             [t-udp](nat)\n\
+             type=transport\n\
+             bind=0.0.0.0:5060\n\
+             [t-udp6]\n\
+             type=transport\n\
+             bind=[::]:5060\n\
+             external_signaling_address=[2001:db8::5]:5060\n\
+             external_media_address=2001:db8::6\n\
+             [t-tcp]\n\
+             type=transport\n\
+             protocol=tcp\n\
+             bind=0.0.0.0:5060\n\
+             external_signaling_address=PBX.Example.NET.:5060\n\
+             external_media_address=127.0.0.1\n\
+             [t-wss]\n\
+             type=transport\n\
+             protocol=wss\n\
+             external_signaling_address=::\n\
+             external_media_address=\n\
+             [t-unbound]\n\
+             type=transport\n\
+             external_signaling_address=198.51.100.97\n",
+        ),
+        (
+            "sip.conf",
+            "[general]\n\
+             externip=192.0.2.1\n\
+             externaddr=192.0.2.2:5060\n\
+             externhost=Dyn.Example.ORG:5060\n\
+             [peer]\n\
+             host=192.0.2.50\n\
+             externip=198.51.100.98\n",
+        ),
+    ]);
+    let r = discover_report(dir.path());
+    assert!(r.discovered.errors.is_empty(), "{:?}", r.discovered.errors);
+    // [t-unbound] never starts, so its external address is no fact either.
+    assert_eq!(
+        r.warnings
+            .iter()
+            .map(|w| w.message.as_str())
+            .collect::<Vec<_>>(),
+        vec!["[t-unbound] transport has no bind=; Asterisk does not start it"]
+    );
+    assert_eq!(
+        public(&r.discovered.facts),
+        vec![
+            "addr 203.0.113.9 | pjsip.conf:2, [t-udp] transport external_signaling_address (from template [nat])",
+            "addr 2001:db8::5 | pjsip.conf:10, [t-udp6] transport external_signaling_address",
+            "addr 2001:db8::6 | pjsip.conf:11, [t-udp6] transport external_media_address",
+            // The last of externip/externaddr/externhost wins, as in chan_sip;
+            // a peer's externip is no chan_sip option.
+            "host dyn.example.org port=- transport=- | sip.conf:4, [general] externhost",
+            // Loopback and `::` are nobody's public address.
+            "host pbx.example.net port=- transport=- | pjsip.conf:16, [t-tcp] transport external_signaling_address",
+        ]
+    );
+
+    // An externhost chan_sip cannot use leaves the externaddr before it.
+    let dir = tree(&[(
+        "sip.conf",
+        "[general]\nexternaddr=[2001:db8::7]:5060\nexternhost=bad_name!\n",
+    )]);
+    let r = discover_report(dir.path());
+    assert!(r.discovered.errors.is_empty(), "{:?}", r.discovered.errors);
+    let warnings: Vec<(String, usize, String)> = r
+        .warnings
+        .iter()
+        .map(|w| (basename(&w.file).to_string(), w.line, w.message.clone()))
+        .collect();
+    assert_eq!(
+        warnings,
+        vec![(
+            "sip.conf".to_string(),
+            3,
+            "[general] externhost `bad_name!`: `bad_name!` is neither an IP address nor a valid host name; chan_sip ignores it".to_string()
+        )]
+    );
+    assert_eq!(
+        public(&r.discovered.facts),
+        vec!["addr 2001:db8::7 | sip.conf:2, [general] externaddr"]
+    );
+}
+
+#[test]
+fn bad_external_addresses_are_errors_with_lines() {
+    let dir = tree(&[(
+        "pjsip.conf",
+        "[t]\ntype=transport\nbind=0.0.0.0\n\
+         external_signaling_address=300.1.2.3\n\
+         external_media_address=[2001:db8::1\n\
+         [t6]\ntype=transport\nbind=[::]\n\
+         external_signaling_address=bad_name!:5060\n",
+    )]);
+    let r = discover_report(dir.path());
+    assert_eq!(
+        errors(&r),
+        vec![
+            ("pjsip.conf".into(), 4, "[t] external_signaling_address `300.1.2.3`: `300.1.2.3` is not a valid IPv4 address".into()),
+            ("pjsip.conf".into(), 5, "[t] external_media_address `[2001:db8::1`: `[2001:db8::1` has no closing `]`".into()),
+            (
+                "pjsip.conf".into(),
+                9,
+                "[t6] external_signaling_address `bad_name!:5060`: `bad_name!` is neither an IP address nor a valid host name".into()
+            ),
+        ]
+    );
+    assert_eq!(r.discovered.facts.public, vec![]);
+}
+
+#[test]
 fn things_asterisk_skips_are_warnings() {
     let dir = tree(&[(
         "pjsip.conf",
@@ -709,6 +860,10 @@ const FRAGMENTS: &[&str] = &[
     "rtpend=",
     "bindport=",
     "bindaddr=",
+    "external_signaling_address=",
+    "external_media_address=",
+    "externip=",
+    "externhost=",
     "[general]",
     "enabled=yes",
     "tlsenable=yes",

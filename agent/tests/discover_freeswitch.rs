@@ -69,6 +69,8 @@ fn vanilla_tree_yields_every_profile_gateway_and_the_rtp_range() {
     let directory = root.join("directory/default.xml");
     let switch_conf = root.join("autoload_configs/switch.conf.xml");
 
+    // ext-sip-ip and ext-rtp-ip are auto-nat in both profiles: FreeSWITCH
+    // finds the public address when it starts, so `facts` has none.
     let expected = facts(
         vec![
             // sip-ip is $${local_ip_v4}, known only to the running FreeSWITCH.
@@ -296,6 +298,11 @@ fn bad_values_are_errors_with_lines_and_good_values_remain() {
                 ":74430",
                 "wss-binding `:74430` in profile internal: `74430` is not a port number (1-65535)",
             ),
+            error(
+                &internal,
+                "host:bad_name!",
+                "ext-sip-ip `host:bad_name!` in profile internal: `bad_name!` is not a host name or IP address",
+            ),
         ]
     );
     let sip = prov(&external, "sip-port", "profile external", "sip-port");
@@ -470,6 +477,98 @@ fn run_time_values_are_unknown_not_errors() {
     let d = freeswitch::discover(root);
     assert_eq!(d.errors, vec![]);
     assert_eq!(d.facts, facts(vec![], None, vec![]));
+}
+
+#[test]
+fn ext_sip_and_rtp_ip_are_public_unless_freeswitch_finds_them_at_run_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    write(
+        root,
+        "vars.xml",
+        r#"<include>
+  <X-PRE-PROCESS cmd="set" data="external_sip_ip=203.0.113.10"/>
+  <X-PRE-PROCESS cmd="stun-set" data="external_rtp_ip=stun:stun.example.org"/>
+</include>
+"#,
+    );
+    let file = write(
+        root,
+        "sip_profiles/p.xml",
+        r#"<profile name="a">
+  <settings>
+    <param name="ext-sip-ip" value="$${external_sip_ip}"/>
+    <param name="ext-rtp-ip" value="host:Media.Example.NET"/>
+  </settings>
+</profile>
+<profile name="b">
+  <settings>
+    <param name="ext-sip-ip" value="auto-nat"/>
+    <param name="ext-rtp-ip" value="auto"/>
+  </settings>
+</profile>
+<profile name="c">
+  <settings>
+    <param name="ext-sip-ip" value="stun:stun.example.org"/>
+    <param name="ext-rtp-ip" value="$${never_set}"/>
+  </settings>
+</profile>
+<profile name="d">
+  <settings>
+    <param name="EXT-SIP-IP" value="$${external_rtp_ip}"/>
+    <param name="ext-rtp-ip" value=""/>
+  </settings>
+</profile>
+<profile name="e">
+  <settings>
+    <param name="ext-sip-ip" value="[2001:db8::20]"/>
+    <param name="ext-rtp-ip" value="autonat:198.51.100.7"/>
+  </settings>
+</profile>
+<profile name="f">
+  <settings>
+    <param name="ext-sip-ip" value="127.0.0.1"/>
+    <param name="ext-rtp-ip" value="0.0.0.0"/>
+  </settings>
+</profile>
+<profile name="g">
+  <settings>
+    <param name="ext-sip-ip" value="pbx.example.net"/>
+  </settings>
+</profile>
+"#,
+    );
+    let d = freeswitch::discover(root);
+    assert_eq!(d.errors, vec![]);
+    let mut expected = vec![
+        // Expanded by the preprocessor where vars.xml sets it.
+        public(
+            addr("203.0.113.10"),
+            prov(&file, "external_sip_ip", "profile a", "ext-sip-ip"),
+        ),
+        // `host:NAME`: a name sofia resolves, lower-cased like every name.
+        public(
+            host("media.example.net", None, None),
+            prov(&file, "host:Media", "profile a", "ext-rtp-ip"),
+        ),
+        // b (auto, auto-nat), c (STUN, an unset variable), d (a variable
+        // stun-set leaves unknown, empty) and f (loopback, 0.0.0.0, which
+        // FreeSWITCH replaces with its guess) give nothing.
+        public(
+            addr("2001:db8::20"),
+            prov(&file, "[2001:db8::20]", "profile e", "ext-sip-ip"),
+        ),
+        public(
+            addr("198.51.100.7"),
+            prov(&file, "autonat:", "profile e", "ext-rtp-ip"),
+        ),
+        public(
+            host("pbx.example.net", None, None),
+            prov(&file, r#""pbx.example.net""#, "profile g", "ext-sip-ip"),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(d.facts.public, expected);
 }
 
 #[test]
@@ -764,6 +863,8 @@ proptest! {
         Just("<profiles>".to_string()), Just("<profile name=\"x\">".to_string()), Just("<settings>".to_string()),
         Just("<param name=\"sip-port\" value=\"".to_string()), Just("<param name=\"ws-binding\" value=\"".to_string()),
         Just("<param name=\"sip-ip\" value=\"".to_string()), Just("<gateways><gateway name=\"".to_string()),
+        Just("<param name=\"ext-sip-ip\" value=\"".to_string()), Just("<param name=\"ext-rtp-ip\" value=\"".to_string()),
+        Just("host:".to_string()), Just("autonat:".to_string()), Just("stun:".to_string()), Just("auto-nat".to_string()),
         Just("<param name=\"proxy\" value=\"".to_string()), Just("<configuration name=\"switch.conf\">".to_string()),
         Just("<param name=\"rtp-start-port\" value=\"".to_string()),
         Just("5060".to_string()), Just(":".to_string()), Just("[::1]".to_string()), Just("sip:".to_string()),

@@ -6,7 +6,7 @@
 //! which line they mean and keep meaning it when a fixture is edited.
 
 use palisade_agent::discover::{kamailio, Discovered};
-use palisade_model::{ListenPort, PbxFacts, PbxKind, Peer, Provenance, Transport};
+use palisade_model::{ListenPort, PbxFacts, PbxKind, Peer, Provenance, PublicAddress, Transport};
 use proptest::prelude::*;
 use std::path::PathBuf;
 
@@ -17,13 +17,13 @@ fn fixture(name: &str) -> PathBuf {
     common::fixture("kamailio", name)
 }
 
-fn facts(listen: Vec<ListenPort>, peers: Vec<Peer>) -> PbxFacts {
+fn facts(listen: Vec<ListenPort>, peers: Vec<Peer>, public: Vec<PublicAddress>) -> PbxFacts {
     let mut facts = PbxFacts {
         kinds: vec![PbxKind::Kamailio],
         listen,
         rtp: None,
         peers,
-        public: vec![],
+        public,
     };
     facts.normalize();
     facts
@@ -152,6 +152,29 @@ fn standard_tree_yields_sockets_dispatcher_and_permissions() {
                 perm("trunk.example.net", 4),
             ),
         ],
+        vec![
+            // PUBLIC_IP from `#!substdef`; the UDP and TCP sockets advertise
+            // the same address, which is one fact (the first line).
+            public(
+                addr("198.51.100.10"),
+                prov(
+                    &cfg,
+                    "listen=udp:PRIVATE_IP",
+                    "listen",
+                    "listen advertise PUBLIC_IP:5060",
+                ),
+            ),
+            // Quotes dropped, the name lower-cased.
+            public(
+                host("edge.example.net", None, None),
+                prov(
+                    &cfg,
+                    "advertised_address=",
+                    "core",
+                    r#"advertised_address "Edge.Example.NET""#,
+                ),
+            ),
+        ],
     );
     assert_eq!(d.facts, expected);
 }
@@ -206,6 +229,11 @@ fn broken_tree_names_every_mistake_and_keeps_the_rest() {
             error(&cfg, "port=50x0", "port=50x0: `50x0` is not a port number (1-65535)"),
             error(
                 &cfg,
+                "edge..example.net",
+                r#"advertised_address `"edge..example.net"`: `edge..example.net` is not a host name or IP address"#,
+            ),
+            error(
+                &cfg,
                 "missing.cfg",
                 &format!("include_file {} does not exist", root.join("missing.cfg").display()),
             ),
@@ -243,6 +271,7 @@ fn broken_tree_names_every_mistake_and_keeps_the_rest() {
                     ),
                 ),
             ],
+            vec![],
         )
     );
 }
@@ -272,6 +301,7 @@ fn without_listen_every_address_on_the_global_ports() {
                 listen(Transport::Tcp, 5070, None, &every),
                 listen(Transport::Tls, 5071, None, &every),
             ],
+            vec![],
             vec![],
         )
     );
@@ -317,6 +347,134 @@ fn plain_listen_is_udp_and_tcp_on_5060_without_tls() {
             (Transport::Udp, 5060, Some("10.0.0.1".to_string())),
             (Transport::Tcp, 5060, Some("10.0.0.1".to_string())),
         ]
+    );
+}
+
+#[test]
+fn advertised_addresses_are_public_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let cfg = write(
+        root,
+        "kamailio.cfg",
+        r#"#!define PUB "203.0.113.20"
+listen=udp:10.0.0.1:5060 advertise PUB:5060 name "pub"
+listen=tcp:10.0.0.1:5060 advertise "sbc.example.net":5060
+listen=udp:[2001:db8::1]:5060 ADVERTISE [2001:db8:ffff::1]:5060 virtual
+listen=udp:10.0.0.2:5062 advertise 127.0.0.1:5062
+listen=udp:10.0.0.3:5064 advertise 203.0.113.21
+socket = {
+  bind = udp:10.0.0.4:5070;
+  advertise = 198.51.100.30:5070;
+}
+advertised_address="replaced.example.net"
+advertised_address=[2001:db8:ffff::2]
+#!ifdef NEVER
+advertised_address=192.0.2.99
+#!endif
+"#,
+    );
+    let d = kamailio::discover(root);
+    assert_eq!(d.errors, vec![]);
+    // Every listen socket is still read, `name` and `virtual` included.
+    assert_eq!(sockets(&d).len(), 6);
+    let listen_prov = |needle: &str, what: &str| prov(&cfg, needle, "listen", what);
+    // The statement starts on `socket = {`; its provenance is that line.
+    let socket = Provenance {
+        line: line_of(&cfg, "socket = {"),
+        ..prov(
+            &cfg,
+            "advertise = ",
+            "socket",
+            "socket advertise 198.51.100.30:5070",
+        )
+    };
+    let mut expected = vec![
+        public(
+            addr("203.0.113.20"),
+            listen_prov("PUB:5060", "listen advertise PUB:5060"),
+        ),
+        public(
+            host("sbc.example.net", None, None),
+            listen_prov(
+                "sbc.example.net",
+                r#"listen advertise "sbc.example.net":5060"#,
+            ),
+        ),
+        public(
+            addr("2001:db8:ffff::1"),
+            listen_prov("ADVERTISE", "listen advertise [2001:db8:ffff::1]:5060"),
+        ),
+        // No port: Kamailio advertises the socket's own.
+        public(
+            addr("203.0.113.21"),
+            listen_prov("203.0.113.21", "listen advertise 203.0.113.21"),
+        ),
+        public(addr("198.51.100.30"), socket),
+        // The last advertised_address is the one Kamailio keeps; loopback
+        // (10.0.0.2's advertise) is nobody's public address.
+        public(
+            addr("2001:db8:ffff::2"),
+            prov(
+                &cfg,
+                "[2001:db8:ffff::2]",
+                "core",
+                "advertised_address [2001:db8:ffff::2]",
+            ),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(d.facts.public, expected);
+}
+
+#[test]
+fn bad_advertised_addresses_are_errors_and_the_last_good_one_stays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let cfg = write(
+        root,
+        "kamailio.cfg",
+        "listen=udp:10.0.0.1:5060 advertise 203.0.113.300:5060\n\
+         listen=udp:10.0.0.1:5061 advertise\n\
+         listen=udp:10.0.0.1:5062 advertise sbc.example.net:99999\n\
+         advertised_address=203.0.113.1\n\
+         advertised_address=\"bad name\"\n",
+    );
+    let d = kamailio::discover(root);
+    assert_eq!(
+        d.errors,
+        vec![
+            error(
+                &cfg,
+                "203.0.113.300",
+                "listen advertise `203.0.113.300:5060`: `203.0.113.300` is not a valid IPv4 address",
+            ),
+            error(&cfg, "5061", "listen: `advertise` without an address"),
+            error(
+                &cfg,
+                "99999",
+                "listen advertise `sbc.example.net:99999`: `99999` is not a port number (1-65535)",
+            ),
+            error(
+                &cfg,
+                "bad name",
+                r#"advertised_address `"bad name"`: `bad name` is not a host name or IP address"#,
+            ),
+        ]
+    );
+    // The sockets themselves are fine.
+    assert_eq!(sockets(&d).len(), 3);
+    assert_eq!(
+        d.facts.public,
+        vec![public(
+            addr("203.0.113.1"),
+            prov(
+                &cfg,
+                "advertised_address=203",
+                "core",
+                "advertised_address 203.0.113.1"
+            ),
+        )]
     );
 }
 
@@ -551,7 +709,8 @@ proptest! {
         Just("/*".to_string()), Just("*/".to_string()), Just("//".to_string()), Just("#".to_string()),
         Just("include_file \"kamailio.cfg\"".to_string()), Just("import_file \"".to_string()),
         Just("modparam(\"dispatcher\", \"list_file\", \"".to_string()), Just("port=".to_string()),
-        Just("advertise ".to_string()), Just("name ".to_string()), Just("X".to_string()),
+        Just("advertise ".to_string()), Just("advertise = ".to_string()), Just("advertised_address=".to_string()),
+        Just("name ".to_string()), Just("X".to_string()),
         Just("10.0.0.1".to_string()), Just("::1".to_string()), Just("5060".to_string()), Just("65536".to_string()),
         Just("é".to_string()), Just("\u{0}".to_string()),
         "[a-z0-9. ]{0,8}",

@@ -25,6 +25,13 @@
 //!   The transport hint on names comes from the URI's `;transport=`, then
 //!   `sips:`, then the section's own `transport=` (for an AOR, the transport of
 //!   the endpoint that lists it in `aors=`).
+//! - Public addresses (what the PBX tells peers to reach it at, behind NAT):
+//!   every PJSIP transport's `external_signaling_address` and
+//!   `external_media_address`, and chan_sip's `externip`, `externaddr` and
+//!   `externhost`. The three chan_sip options all set the one address chan_sip
+//!   puts in its messages, so only the last valid one counts, as in chan_sip.
+//!   A port written with them is dropped; loopback and unspecified addresses
+//!   say nothing about where the PBX's traffic comes from, so they give no fact.
 //!
 //! A value Asterisk would reject (bad address, bad port, unknown protocol) is an
 //! error with file and line, so the agent keeps its last good facts. Things
@@ -35,8 +42,8 @@ use super::ini::{self, Config, Entry, Section};
 use super::Discovered;
 use ipnet::IpNet;
 use palisade_model::{
-    DiscoveryError, ListenPort, PbxKind, Peer, PeerTarget, PortRange, Provenance, RtpRange,
-    Transport,
+    DiscoveryError, ListenPort, PbxKind, Peer, PeerTarget, PortRange, Provenance, PublicAddress,
+    RtpRange, Transport,
 };
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -210,6 +217,13 @@ impl Builder {
         });
     }
 
+    fn public(&mut self, target: PeerTarget, prov: Provenance) {
+        self.facts.public.push(PublicAddress {
+            target,
+            provenance: prov,
+        });
+    }
+
     // ---------------------------------------------------------------- pjsip
 
     fn pjsip(&mut self, cfg: &Config) -> WebTransports {
@@ -241,6 +255,11 @@ impl Builder {
                 },
             };
             transports.insert(s.name.to_ascii_lowercase(), protocol);
+            // A UDP/TCP/TLS transport without bind= never starts, so it
+            // advertises nothing (its warning comes from pjsip_bind).
+            if matches!(protocol, Transport::Ws | Transport::Wss) || s.get("bind").is_some() {
+                self.pjsip_external(cfg, s);
+            }
             match protocol {
                 Transport::Ws => {
                     web.ws
@@ -344,6 +363,26 @@ impl Builder {
                 );
             }
             Err(why) => self.bad(cfg, s, e, &e.value, &why),
+        }
+    }
+
+    /// A transport's NAT addresses. Asterisk does not start a transport whose
+    /// external address it cannot use, hence an error for a bad one.
+    fn pjsip_external(&mut self, cfg: &Config, s: &Section) {
+        for key in ["external_signaling_address", "external_media_address"] {
+            let Some(e) = s.get(key) else { continue };
+            let value = e.value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            match parse_public(value) {
+                Ok(Some(target)) => {
+                    let p = prov(cfg, s, e, &format!("transport {key}"));
+                    self.public(target, p);
+                }
+                Ok(None) => {}
+                Err(why) => self.bad(cfg, s, e, value, &why),
+            }
         }
     }
 
@@ -590,6 +629,7 @@ impl Builder {
             }
         }
         self.listen(Transport::Udp, udp);
+        self.chan_sip_extern(cfg, &g);
 
         for (s, e) in g.all(&["register"]) {
             match parse_sip_register(&e.value) {
@@ -618,6 +658,33 @@ impl Builder {
             if let Some(e) = s.get("outboundproxy") {
                 self.sip_proxy(cfg, s, e, t);
             }
+        }
+    }
+
+    /// `externip`, `externaddr` and `externhost` all set the address chan_sip
+    /// advertises; a later valid line replaces an earlier one. chan_sip logs a
+    /// bad one and carries on, so that is a warning here.
+    fn chan_sip_extern(&mut self, cfg: &Config, g: &General) {
+        let mut last: Option<(Option<PeerTarget>, Provenance)> = None;
+        for (s, e) in g.all(&["externip", "externaddr", "externhost"]) {
+            let value = e.value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            match parse_public(value) {
+                Ok(target) => last = Some((target, prov(cfg, s, e, &e.key.to_ascii_lowercase()))),
+                Err(why) => self.warnings.push(DiscoveryError {
+                    file: cfg.path(e.file).display().to_string(),
+                    line: e.line,
+                    message: format!(
+                        "[{}] {} `{value}`: {why}; chan_sip ignores it",
+                        s.name, e.key
+                    ),
+                }),
+            }
+        }
+        if let Some((Some(target), p)) = last {
+            self.public(target, p);
         }
     }
 
@@ -1018,6 +1085,16 @@ fn parse_host(s: &str) -> Result<Host, String> {
     }
 }
 
+/// An address the PBX advertises as its own, `host[:port]` as
+/// [`parse_hostport`] reads it; the port is dropped (see
+/// [`super::public_target`]).
+fn parse_public(s: &str) -> Result<Option<PeerTarget>, String> {
+    Ok(match parse_hostport(s)?.host {
+        Host::Ip(a) => super::public_target("", Some(a)),
+        Host::Name(name) => super::public_target(&name, None),
+    })
+}
+
 /// An IP with a bind (pjsip `bind`, chan_sip and IAX2 `bindaddr`): no names.
 fn parse_bind(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     let hp = parse_hostport(s)?;
@@ -1183,6 +1260,29 @@ mod tests {
         assert!(err("2001:db8::1:5060x").contains("not a valid IPv6 address"));
         assert!(err("bad_name!").contains("neither an IP address nor a valid host name"));
         assert_eq!(err(":5060"), "no host");
+    }
+
+    #[test]
+    fn public_addresses() {
+        let ok = |s: &str| parse_public(s).unwrap();
+        let addr = |a: &str| Some(PeerTarget::Addr(a.parse().unwrap()));
+        assert_eq!(ok("203.0.113.5:5060"), addr("203.0.113.5"));
+        assert_eq!(ok("[2001:db8::1]:5060"), addr("2001:db8::1"));
+        assert_eq!(
+            ok("Pbx.Example.NET.:5060"),
+            Some(name("pbx.example.net", None, None))
+        );
+        for local in [
+            "127.0.0.1",
+            "[::1]:5060",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
+            assert_eq!(ok(local), None, "{local}");
+        }
+        assert!(parse_public("300.1.2.3").is_err());
+        assert!(parse_public("bad_name!").is_err());
     }
 
     #[test]

@@ -28,6 +28,12 @@
 //! skipped rather than guessed. FreeSWITCH itself would expand an unknown
 //! variable to an empty string; we cannot tell that case from the run-time ones.
 //!
+//! A profile's `ext-sip-ip` and `ext-rtp-ip` are the addresses it advertises
+//! behind NAT. Only what the configuration states is a fact: a literal IP, a
+//! host name, or `host:NAME` (sofia resolves NAME). `auto`, `auto-nat`,
+//! `stun:...` and an unexpanded variable are worked out by FreeSWITCH when it
+//! starts, so they give no fact and no error either.
+//!
 //! FreeSWITCH's XML parser (ezxml) is more forgiving than XML: it takes `--`
 //! inside comments, a bare `&` or `<` in attribute values, repeated attributes,
 //! undeclared namespace prefixes and DOCTYPEs, all of which occur in real
@@ -39,8 +45,8 @@
 use super::glob::{has_wildcard, matches_in};
 use super::Discovered;
 use palisade_model::{
-    DiscoveryError, ListenPort, PbxKind, Peer, PeerTarget, PortRange, Provenance, RtpRange,
-    Transport,
+    DiscoveryError, ListenPort, PbxKind, Peer, PeerTarget, PortRange, Provenance, PublicAddress,
+    RtpRange, Transport,
 };
 use roxmltree::{Document, Node, ParsingOptions};
 use std::collections::HashMap;
@@ -1102,6 +1108,12 @@ impl<'a, 'input> Extract<'a, 'input> {
             }
         }
 
+        for key in ["ext-sip-ip", "ext-rtp-ip"] {
+            if let Some(&(v, node)) = params.get(key) {
+                self.public(node, name, key, v);
+            }
+        }
+
         if let Some(gateways) = element_children(profile, "gateways").next() {
             for gateway in element_children(gateways, "gateway") {
                 self.gateway(gateway);
@@ -1181,6 +1193,44 @@ impl<'a, 'input> Extract<'a, 'input> {
                 }
                 None
             }
+        }
+    }
+
+    /// `ext-sip-ip`/`ext-rtp-ip`. `autonat:IP` is sofia's way to state the IP
+    /// and keep its NAT detection on, so the IP is a fact as well.
+    fn public(&mut self, node: Node, profile: &str, what: &str, value: &str) {
+        let value = value.trim();
+        let at_run_time = value.is_empty()
+            || value.contains("$${")
+            || value.eq_ignore_ascii_case("auto")
+            || value.eq_ignore_ascii_case("auto-nat")
+            || strip_prefix_ci(value, "stun:").is_some();
+        if at_run_time {
+            return;
+        }
+        let host = strip_prefix_ci(value, "host:")
+            .or_else(|| strip_prefix_ci(value, "autonat:"))
+            .unwrap_or(value)
+            .trim();
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .filter(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+            .unwrap_or(host);
+        match classify_host(bare) {
+            Ok(ip) => {
+                if let Some(target) = super::public_target(bare, ip) {
+                    let provenance = self.prov(node, &format!("profile {profile}"), what);
+                    self.out
+                        .facts
+                        .public
+                        .push(PublicAddress { target, provenance });
+                }
+            }
+            Err(why) => self.error(
+                node,
+                format!("{what} `{value}` in profile {profile}: {why}"),
+            ),
         }
     }
 
@@ -1451,6 +1501,18 @@ pub(super) fn classify_host(host: &str) -> Result<Option<IpAddr>, String> {
     }
 }
 
+/// `host[:port]`, `[v6]`, `[v6]:port` or a bare IPv6 address as a public
+/// address (see [`super::public_target`]); the port is dropped.
+pub(super) fn parse_public(value: &str) -> Result<Option<PeerTarget>, String> {
+    let (host, _port, bracketed) = split_hostport(value)?;
+    match classify_host(host)? {
+        Some(IpAddr::V4(_)) | None if bracketed => {
+            Err(format!("`[{host}]` is not an IPv6 address"))
+        }
+        ip => Ok(super::public_target(host, ip)),
+    }
+}
+
 /// A peer as written: `host`, `host:port`, `ip`, `[v6]:port`, or a SIP URI
 /// (`sip:user@host:port;transport=tcp`, `sips:...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1588,5 +1650,35 @@ mod tests {
         assert!(parse_target("host:99999", false).is_err());
         assert!(parse_target("[10.0.0.1]", false).is_err());
         assert!(parse_target("host.example.com", true).is_err());
+    }
+
+    #[test]
+    fn public_addresses() {
+        let addr = |a: &str| Ok(Some(PeerTarget::Addr(a.parse().unwrap())));
+        assert_eq!(parse_public("203.0.113.5:5060"), addr("203.0.113.5"));
+        assert_eq!(parse_public("[2001:db8::1]:5060"), addr("2001:db8::1"));
+        assert_eq!(parse_public("2001:db8::1"), addr("2001:db8::1"));
+        assert_eq!(
+            parse_public("PBX.Example.NET.:5061"),
+            Ok(Some(PeerTarget::Host {
+                name: "pbx.example.net".into(),
+                port: None,
+                transport: None,
+            }))
+        );
+        for local in [
+            "127.0.0.1",
+            "[::1]:5060",
+            "0.0.0.0:5060",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
+            assert_eq!(parse_public(local), Ok(None), "{local}");
+        }
+        assert!(parse_public("[10.0.0.1]").is_err());
+        assert!(parse_public("[pbx.example.net]").is_err());
+        assert!(parse_public("10.0.0.300").is_err());
+        assert!(parse_public("pbx.example.net:0").is_err());
+        assert!(parse_public("").is_err());
     }
 }

@@ -12,6 +12,10 @@
 //! defines passed on the command line (`-A NAME`), `#!defenv` (the daemon's
 //! environment) and `#!ifexp` expressions, which we take as false.
 //!
+//! The public addresses Kamailio advertises as its own (behind NAT or a
+//! load balancer) are the `advertise` of `listen=` lines and `socket` blocks,
+//! and the core `advertised_address` (the last one set, as Kamailio keeps one).
+//!
 //! Includes (`include_file`, `import_file`, and their `#!`/`!!` forms) are
 //! resolved against the including file's directory. Kamailio tries its
 //! working directory first, which for a daemon is `/` and says nothing about
@@ -25,11 +29,14 @@
 //! the network, and trusting it at the firewall only lets packets reach
 //! Kamailio, which still applies its own rules.
 
-use super::freeswitch::{chain, classify_host, lexical, parse_port, parse_target, read_limited};
+use super::freeswitch::{
+    chain, classify_host, lexical, parse_port, parse_public, parse_target, read_limited,
+};
 use super::Discovered;
 use ipnet::IpNet;
 use palisade_model::{
-    DiscoveryError, ListenPort, PbxFacts, PbxKind, Peer, PeerTarget, Provenance, Transport,
+    DiscoveryError, ListenPort, PbxFacts, PbxKind, Peer, PeerTarget, Provenance, PublicAddress,
+    Transport,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -58,6 +65,9 @@ pub fn discover(root: &Path) -> Discovered {
     reader.cfg(&cfg, None, true);
     reader.unclosed_conditionals();
     reader.resolve_listens(&cfg);
+    if let Some(public) = reader.advertised_address.take() {
+        reader.out.facts.public.push(public);
+    }
     reader.dispatcher();
     reader.permissions();
 
@@ -121,6 +131,8 @@ struct Reader {
     tls_port: Option<u16>,
     enable_tls: bool,
     disable_tcp: bool,
+    /// `advertised_address`: a later one replaces it (loopback clears it).
+    advertised_address: Option<PublicAddress>,
     dispatcher_file: Option<ListFile>,
     dispatcher_db: bool,
     address_file: Option<ListFile>,
@@ -140,6 +152,7 @@ impl Reader {
             tls_port: None,
             enable_tls: false,
             disable_tcp: false,
+            advertised_address: None,
             dispatcher_file: None,
             dispatcher_db: false,
             address_file: None,
@@ -408,6 +421,11 @@ impl Reader {
         match name {
             "listen" => self.listen(value, site),
             "socket" => self.socket(value, site),
+            "advertised_address" => {
+                if let Ok(public) = self.public(value, "core", "advertised_address", site) {
+                    self.advertised_address = public;
+                }
+            }
             "port" | "tls_port_no" => {
                 let raw = self.substitute(value);
                 match parse_port(raw.trim_matches('"')) {
@@ -470,7 +488,17 @@ impl Reader {
         let mut it = tokens.iter();
         while let Some(token) = it.next() {
             match token.to_ascii_lowercase().as_str() {
-                "advertise" | "name" => {
+                "advertise" => match it.next() {
+                    Some(public) => {
+                        if let Ok(Some(public)) =
+                            self.public(public, "listen", "listen advertise", site)
+                        {
+                            self.out.facts.public.push(public);
+                        }
+                    }
+                    None => self.error(site, "listen: `advertise` without an address".to_string()),
+                },
+                "name" => {
                     it.next();
                 }
                 "virtual" => {}
@@ -487,10 +515,16 @@ impl Reader {
             .map(|v| v.trim_end().strip_suffix('}').unwrap_or(v))
             .unwrap_or(value);
         for attr in split_top(inner, ';') {
-            if let Some((key, bind)) = assignment(attr.trim()) {
-                if key == "bind" {
-                    self.socket_spec(bind.trim(), true, "socket", site);
+            match assignment(attr.trim()) {
+                Some(("bind", bind)) => self.socket_spec(bind.trim(), true, "socket", site),
+                Some(("advertise", public)) => {
+                    if let Ok(Some(public)) =
+                        self.public(public.trim(), "socket", "socket advertise", site)
+                    {
+                        self.out.facts.public.push(public);
+                    }
                 }
+                _ => {}
             }
         }
     }
@@ -563,6 +597,29 @@ impl Reader {
                 ports: ports.clone(),
                 provenance: site.provenance(section, &what),
             });
+        }
+    }
+
+    /// An advertised `addr[:port]` (defines substituted, quotes dropped, as in
+    /// [`Self::socket_spec`]). `Ok(None)` for loopback and unspecified
+    /// addresses; `Err` once the error is recorded.
+    fn public(
+        &mut self,
+        written: &str,
+        section: &str,
+        what: &str,
+        site: &Site,
+    ) -> Result<Option<PublicAddress>, ()> {
+        let value = self.substitute(written).replace('"', "");
+        match parse_public(&value) {
+            Ok(target) => Ok(target.map(|target| PublicAddress {
+                target,
+                provenance: site.provenance(section, &format!("{what} {written}")),
+            })),
+            Err(why) => {
+                self.error(site, format!("{what} `{written}`: {why}"));
+                Err(())
+            }
         }
     }
 

@@ -10,8 +10,9 @@ pub mod glob;
 pub mod ini;
 pub mod kamailio;
 
-use palisade_model::{DiscoveryError, PbxFacts};
+use palisade_model::{DiscoveryError, PbxFacts, PeerTarget};
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 /// Where each PBX keeps its configuration. The usual paths by default, so a
@@ -72,5 +73,24 @@ impl Discovered {
 
     pub fn is_ok(&self) -> bool {
         self.errors.is_empty()
+    }
+}
+
+/// An address a PBX advertises as its own (`PbxFacts::public`): `ip` when
+/// the host is one, else the name `host` (without its trailing dot and case,
+/// so one name is one fact). `None` for loopback and unspecified addresses
+/// (also IPv4-mapped): no other site sees the PBX's traffic come from them.
+fn public_target(host: &str, ip: Option<IpAddr>) -> Option<PeerTarget> {
+    match ip {
+        Some(ip) => {
+            let canonical = ip.to_canonical();
+            let local = canonical.is_loopback() || canonical.is_unspecified();
+            (!local).then_some(PeerTarget::Addr(ip))
+        }
+        None => Some(PeerTarget::Host {
+            name: host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
+            port: None,
+            transport: None,
+        }),
     }
 }

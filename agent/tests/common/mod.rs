@@ -3,7 +3,9 @@
 //! and keeps meaning it when a fixture is edited.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use palisade_model::{DiscoveryError, ListenPort, Peer, PeerTarget, Provenance, Transport};
+use palisade_model::{
+    DiscoveryError, ListenPort, Peer, PeerTarget, Provenance, PublicAddress, Transport,
+};
 use std::path::{Path, PathBuf};
 
 /// `agent/tests/fixtures/<kind>/<name>`.
@@ -56,6 +58,10 @@ pub fn peer(name: &str, target: PeerTarget, provenance: Provenance) -> Peer {
         target,
         provenance,
     }
+}
+
+pub fn public(target: PeerTarget, provenance: Provenance) -> PublicAddress {
+    PublicAddress { target, provenance }
 }
 
 pub fn addr(a: &str) -> PeerTarget {
