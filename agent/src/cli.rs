@@ -567,11 +567,22 @@ fn rediscover(
             return;
         }
     };
-    match agent.rediscover(&settings.discovery, &policy) {
+    let d = &settings.discovery;
+    let roots = [d.asterisk.as_path(), &d.freeswitch, &d.kamailio];
+    match agent.rediscover(d, &policy) {
         Ok(found) => {
+            // Watched only after the read: a directory watched for the first
+            // time is read once more, or an edit in between would wait for
+            // the next one (at start, an include in a new directory).
             if let Some(w) = watcher {
-                let d = &settings.discovery;
-                w.follow(&[&d.asterisk, &d.freeswitch, &d.kamailio], &found.files);
+                if w.follow(&roots, &found.files) {
+                    match agent.rediscover(d, &policy) {
+                        Ok(again) => {
+                            w.follow(&roots, &again.files);
+                        }
+                        Err(e) => error!(error = %e, "discovery failed"),
+                    }
+                }
             }
         }
         Err(e) => error!(error = %e, "discovery failed"),

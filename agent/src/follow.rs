@@ -47,8 +47,10 @@ impl ConfigWatcher {
 
     /// Watches the directories holding `files` (and `roots`), so new files
     /// matching an include glob, renames and editors' replace-by-rename are all
-    /// seen. Directories no longer needed are dropped.
-    pub fn follow(&mut self, roots: &[&Path], files: &[PathBuf]) {
+    /// seen. Directories no longer needed are dropped. True when a directory
+    /// was newly watched: an edit there between the read and now was missed,
+    /// so the caller reads again.
+    pub fn follow(&mut self, roots: &[&Path], files: &[PathBuf]) -> bool {
         let mut wanted: BTreeSet<PathBuf> = files
             .iter()
             .filter_map(|f| f.parent().map(Path::to_path_buf))
@@ -59,17 +61,20 @@ impl ConfigWatcher {
             let _ = self.watcher.unwatch(&gone);
             self.dirs.remove(&gone);
         }
+        let mut added = false;
         for dir in wanted {
             if !self.dirs.contains(&dir) {
                 match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         debug!(dir = %dir.display(), "watching");
                         self.dirs.insert(dir);
+                        added = true;
                     }
                     Err(e) => warn!(dir = %dir.display(), error = %e, "cannot watch"),
                 }
             }
         }
+        added
     }
 
     /// Waits for a change, then for [`DEBOUNCE`] of quiet. Returns the paths
