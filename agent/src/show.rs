@@ -205,6 +205,13 @@ pub fn discovery(
                     p.name, p.target, p.provenance
                 );
             }
+            for p in &f.public {
+                let _ = writeln!(
+                    out,
+                    "  public address {} (reported to the controller)  ({})",
+                    p.target, p.provenance
+                );
+            }
         }
     }
     if !errors.is_empty() {

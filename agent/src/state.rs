@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/palisade";
+/// The last good discovery facts (see [`StateDir::facts`]).
+pub const FACTS_FILE: &str = "facts.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -189,11 +191,11 @@ impl StateDir {
     /// The last facts discovery read without error: a broken PBX file never
     /// takes working rules away, also across a restart.
     pub fn facts(&self) -> Result<Option<palisade_model::PbxFacts>, StateError> {
-        self.read_json("facts.json")
+        self.read_json(FACTS_FILE)
     }
 
     pub fn set_facts(&self, facts: &palisade_model::PbxFacts) -> Result<(), StateError> {
-        self.write_json("facts.json", facts)
+        self.write_json(FACTS_FILE, facts)
     }
 
     /// The errors of the latest discovery (empty when it was clean), for `show`.

@@ -33,6 +33,9 @@
 //!   counts the address B's stream comes from among B's own, so site A
 //!   trusts B's public address (B's trunk traffic gets through, a stranger's
 //!   does not), and follows it when the gateway's address changes.
+//! * [`a_pbx_s_advertised_public_address_is_trusted_at_the_other_sites`]:
+//!   site B's pjsip.conf names its public address; site A trusts it, and
+//!   follows an edit of the file.
 //! * [`operators_explain_lift_and_set_user_rules_across_real_agents`]:
 //!   `palisade explain` answered by every host from its own kernel,
 //!   `palisade ban lift` ending the ban at the host that proved it as well as
@@ -249,21 +252,31 @@ struct Site<'a> {
     v6: String,
 }
 
+/// The PBX configuration a site's discovery reads (never the test
+/// machine's own).
+#[derive(Clone, Copy)]
+enum Pbx<'p> {
+    None,
+    /// A Kamailio configuration directory (a [`Registrar`]'s).
+    Kamailio(&'p Path),
+    /// An Asterisk configuration directory (`pjsip.conf`, ...).
+    Asterisk(&'p Path),
+}
+
 impl<'a> Site<'a> {
     /// Writes the agent's config (`policy`, with discovery reading only
-    /// `kamailio`'s directory if any: never the test machine's own PBX
-    /// configuration), enrols it with a fresh token and starts its daemon.
+    /// `pbx`), enrols it with a fresh token and starts its daemon.
     fn start(
         ctl: &Controller,
         lab: &'a Lab,
         client: &str,
         id: &str,
-        kamailio: Option<&Path>,
+        pbx: Pbx,
         policy: &str,
     ) -> Result<Site<'a>> {
         let host = lab.client(client);
         let addrs = (host.v4.to_string(), host.v6.to_string());
-        Site::start_in(ctl, &lab.pbx, &host.ns, addrs, id, kamailio, policy)
+        Site::start_in(ctl, &lab.pbx, &host.ns, addrs, id, pbx, policy)
     }
 
     /// [`Site::start`] in any namespace `ns` whose own (v4, v6) addresses
@@ -274,12 +287,17 @@ impl<'a> Site<'a> {
         ns: &'a Netns,
         addrs: (String, String),
         id: &str,
-        kamailio: Option<&Path>,
+        pbx: Pbx,
         policy: &str,
     ) -> Result<Site<'a>> {
         let agent = AgentHost::new(ns)?;
         let none = agent.state_dir().join("no-pbx");
-        let kamailio = kamailio.map_or_else(|| none.join("kamailio"), Path::to_path_buf);
+        let (mut kamailio, mut asterisk) = (none.join("kamailio"), none.join("asterisk"));
+        match pbx {
+            Pbx::None => {}
+            Pbx::Kamailio(dir) => kamailio = dir.to_path_buf(),
+            Pbx::Asterisk(dir) => asterisk = dir.to_path_buf(),
+        }
         std::fs::write(
             agent.config_path(),
             format!(
@@ -288,7 +306,7 @@ impl<'a> Site<'a> {
                  # notice a dead connection soon (a heartbeat meets its reset).\n\
                  [agent.controller]\nmax_backoff = \"2s\"\nheartbeat = \"2s\"\n\n{policy}",
                 kamailio.display().to_string(),
-                none.join("asterisk").display().to_string(),
+                asterisk.display().to_string(),
                 none.join("freeswitch").display().to_string(),
             ),
         )?;
@@ -421,17 +439,17 @@ fn ruleset_of(site: &Site) -> Result<String> {
     Ok(ruleset(&json))
 }
 
-/// Tenant acme's two sites: site A (`kamailio`'s discovery, `a_policy`) on
+/// Tenant acme's two sites: site A (discovery reading `a_pbx`, `a_policy`) on
 /// the lab's client `a` and site B (the default policy) on `b`, both
 /// connected.
 fn start_acme<'a>(
     ctl: &Controller,
     lab: &'a Lab,
-    kamailio: Option<&Path>,
+    a_pbx: Pbx,
     a_policy: &str,
 ) -> Result<(Site<'a>, Site<'a>)> {
-    let a = Site::start(ctl, lab, "a", "acme/site-a/pbx-a", kamailio, a_policy)?;
-    let b = Site::start(ctl, lab, "b", "acme/site-b/pbx-b", None, "")?;
+    let a = Site::start(ctl, lab, "a", "acme/site-a/pbx-a", a_pbx, a_policy)?;
+    let b = Site::start(ctl, lab, "b", "acme/site-b/pbx-b", Pbx::None, "")?;
     wait_connected(ctl, &lab.pbx, "acme", &[&a, &b])?;
     Ok((a, b))
 }
@@ -578,9 +596,14 @@ fn svcrack_at_one_site_is_banned_at_every_site_of_its_tenant_only() -> Result<()
 
     let site_a = lab.client("a");
     let registrar = Registrar::start_on(&site_a.ns, &site_a.addrs(), &[])?;
-    let (a, b) = start_acme(&ctl, &lab, Some(registrar.config_dir()), SIP_POLICY)?;
-    let x = Site::start(&ctl, &lab, "x", "globex/site-1/pbx-x", None, "")?;
-    let y = Site::start(&ctl, &lab, "y", "globex/site-2/pbx-y", None, "")?;
+    let (a, b) = start_acme(
+        &ctl,
+        &lab,
+        Pbx::Kamailio(registrar.config_dir()),
+        SIP_POLICY,
+    )?;
+    let x = Site::start(&ctl, &lab, "x", "globex/site-1/pbx-x", Pbx::None, "")?;
+    let y = Site::start(&ctl, &lab, "y", "globex/site-2/pbx-y", Pbx::None, "")?;
     assert!(state_has_key(&a.agent, "key.pem") && state_has_key(&a.agent, "ca.pem"));
     wait_connected(&ctl, &lab.pbx, "globex", &[&x, &y])?;
     // The table is in force before the watch reads: attack only once the
@@ -796,7 +819,7 @@ fn a_policy_that_cuts_the_controller_off_is_rolled_back_and_audited() -> Result<
         assert_eq!(resolve(ns, CONTROLLER_NAME)?, vec![controller_ip]);
     }
     let ctl = Controller::start_as(&lab.pbx, BY_NAME)?;
-    let (a, b) = start_acme(&ctl, &lab, None, "")?;
+    let (a, b) = start_acme(&ctl, &lab, Pbx::None, "")?;
     let logs = || format!("{}\n{}\ncontroller: {}", a.log(), b.log(), ctl.log());
     wait_for("site A trusted at site B", Duration::from_secs(10), || {
         b.trusts(&a)
@@ -986,7 +1009,7 @@ fn an_operator_ban_on_the_controller_does_not_cut_the_fleet_off() -> Result<()> 
     require_root_tools()?;
     let lab = Lab::new("ctlban", &[("a", "c-a"), ("b", "c-b")])?;
     let ctl = Controller::start(&lab.pbx)?;
-    let (a, b) = start_acme(&ctl, &lab, None, "")?;
+    let (a, b) = start_acme(&ctl, &lab, Pbx::None, "")?;
     let logs = || format!("{}\n{}\ncontroller: {}", a.log(), b.log(), ctl.log());
     let controller = SocketAddr::new(CONTROLLER.into(), PORT);
     let me = CONTROLLER.to_string();
@@ -1110,7 +1133,12 @@ fn operators_explain_lift_and_set_user_rules_across_real_agents() -> Result<()> 
     let ctl = Controller::start(&lab.pbx)?;
     let site_a = lab.client("a");
     let registrar = Registrar::start_on(&site_a.ns, &site_a.addrs(), &[])?;
-    let (a, b) = start_acme(&ctl, &lab, Some(registrar.config_dir()), SIP_POLICY)?;
+    let (a, b) = start_acme(
+        &ctl,
+        &lab,
+        Pbx::Kamailio(registrar.config_dir()),
+        SIP_POLICY,
+    )?;
     a.agent
         .wait_for_log("SIP watch started", Duration::from_secs(10))?;
     let logs = || {
@@ -1332,7 +1360,7 @@ fn a_site_behind_nat_is_trusted_at_its_public_address() -> Result<()> {
     )?;
 
     let ctl = Controller::start(&lab.pbx)?;
-    let a = Site::start(&ctl, &lab, "a", "acme/site-a/pbx-a", None, "")?;
+    let a = Site::start(&ctl, &lab, "a", "acme/site-a/pbx-a", Pbx::None, "")?;
     let _ssh = Listener::start(&site_a.ns, &[(Proto::Tcp, 22)])?;
     let ssh_a = SocketAddr::new(site_a.v4.into(), 22);
     let reaches_a = |ns: &Netns| probe(ns, Proto::Tcp, ssh_a, Duration::from_millis(500));
@@ -1350,7 +1378,7 @@ fn a_site_behind_nat_is_trusted_at_its_public_address() -> Result<()> {
         &lan,
         (private.to_owned(), String::new()),
         "acme/site-b/pbx-b",
-        None,
+        Pbx::None,
         "",
     )?;
     wait_connected(&ctl, &lab.pbx, "acme", &[&a, &b])?;
@@ -1429,6 +1457,83 @@ fn a_site_behind_nat_is_trusted_at_its_public_address() -> Result<()> {
         listed.contains(&format!("{new_public}*"))
             && !listed.iter().any(|x| x.starts_with(&public)),
         "palisade hosts: {listed:?}"
+    );
+    Ok(())
+}
+
+/// A PBX's own configuration names the public address it goes out from
+/// (pjsip's `external_signaling_address`, set behind a NAT with a fixed
+/// public address): that is where the tenant's other sites see its trunks
+/// come from, so they trust it, with nothing configured in Palisade; an
+/// edit of the PBX's file is followed.
+#[test]
+fn a_pbx_s_advertised_public_address_is_trusted_at_the_other_sites() -> Result<()> {
+    require_root_tools()?;
+    let lab = Lab::new("ctladv", &[("a", "c-a"), ("b", "c-b")])?;
+    let ctl = Controller::start(&lab.pbx)?;
+    let asterisk = tempfile::tempdir()?;
+    let pjsip = asterisk.path().join("pjsip.conf");
+    let conf = |public: &str| {
+        format!(
+            "[transport-udp]\ntype=transport\nprotocol=udp\nbind=0.0.0.0:5060\n\
+             external_media_address={public}\nexternal_signaling_address={public}\n"
+        )
+    };
+    let (public, new_public) = ("198.51.100.50", "198.51.100.51");
+    std::fs::write(&pjsip, conf(public))?;
+    let a = Site::start(&ctl, &lab, "a", "acme/site-a/pbx-a", Pbx::None, "")?;
+    let b = Site::start(
+        &ctl,
+        &lab,
+        "b",
+        "acme/site-b/pbx-b",
+        Pbx::Asterisk(asterisk.path()),
+        "",
+    )?;
+    wait_connected(&ctl, &lab.pbx, "acme", &[&a, &b])?;
+    let logs = || format!("{}\n{}\ncontroller: {}", a.log(), b.log(), ctl.log());
+    let took = wait_for(
+        "site B's advertised address trusted at site A",
+        Duration::from_secs(5),
+        || a.has("tenant_peer_v4", public) && a.trusts(&b),
+    )
+    .with_context(logs)?;
+    eprintln!("site B's advertised {public} in site A's tenant_peer_v4 {took:?} after B connected");
+    let listed = ctl.host_addresses(&lab.pbx, "acme", &b.id)?;
+    assert!(
+        listed.contains(&public.to_owned()),
+        "reported by the agent, not only seen: {listed:?}"
+    );
+    let shown = b.agent.ok(&["show"])?;
+    assert!(
+        shown.contains(&format!("public address {public}")) && shown.contains("pjsip.conf:"),
+        "{shown}"
+    );
+    assert!(
+        !b.has("tenant_peer_v4", public),
+        "a host's own address is no peer of its own"
+    );
+
+    // The PBX's public address changes (a new fixed address): the file is
+    // edited, discovery follows it, and so does site A. Well after the
+    // start, so that it is the watch on the file that sees the edit.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&pjsip, conf(new_public))?;
+    let took = each_within(
+        Duration::from_secs(10),
+        &mut [
+            ("the new address at site A", &mut || {
+                a.has("tenant_peer_v4", new_public)
+            }),
+            ("the old address gone from site A", &mut || {
+                !a.has("tenant_peer_v4", public)
+            }),
+        ],
+    )
+    .with_context(logs)?;
+    eprintln!(
+        "pjsip.conf edited {public} → {new_public}: the new address at site A after {:?}, the old one gone after {:?}",
+        took[0], took[1]
     );
     Ok(())
 }

@@ -4,8 +4,9 @@
 //! exponential, jittered, capped delay).
 //!
 //! Up: `Hello` (protocol version, agent version, the revision the host is
-//! at, its addresses), a `Heartbeat` every `heartbeat` and at once when the
-//! host's addresses change, a `BanReport` for every ban the host makes (the
+//! at, its addresses: interfaces and the public ones its PBX advertises), a
+//! `Heartbeat` every `heartbeat` and at once when the host's addresses
+//! change, a `BanReport` for every ban the host makes (the
 //! ban book is tailed; a ban the controller shared is never reported back),
 //! `PolicyResult`s.
 //!
@@ -206,6 +207,11 @@ struct Local {
     dirty: bool,
     /// The controller's addresses, in the `controller` set.
     controller: Vec<IpAddr>,
+    /// The public addresses the PBX's configuration advertises, reported
+    /// with the interfaces', as of the facts stored at `facts_stamp`.
+    advertised: addrs::Advertised,
+    public: Vec<palisade_model::PublicAddress>,
+    facts_stamp: Option<std::time::SystemTime>,
 }
 
 impl Local {
@@ -230,6 +236,9 @@ impl Local {
             journal,
             dirty: false,
             controller: addrs::known_controller_addresses(&ctx.state_dir),
+            advertised: addrs::Advertised::default(),
+            public: Vec::new(),
+            facts_stamp: None,
         };
         if !local.mirror.bans.is_empty() || !local.mirror.peers.is_empty() {
             info!(
@@ -241,6 +250,24 @@ impl Local {
         }
         local.install(ctx, local.mirror.all()).await;
         local
+    }
+
+    /// What the host reports as its addresses: its interfaces' and those
+    /// its PBX advertises, followed as discovery stores new facts (their
+    /// file's mtime is checked, a stat) and as their names come due.
+    async fn addresses(&mut self, ctx: &Ctx) -> Vec<String> {
+        let stamp = std::fs::metadata(ctx.agent.state.path().join(crate::state::FACTS_FILE))
+            .and_then(|m| m.modified())
+            .ok();
+        if stamp != self.facts_stamp {
+            self.facts_stamp = stamp;
+            self.public = ctx
+                .blocking(|a| a.state.facts().ok().flatten().map(|f| f.public))
+                .await
+                .unwrap_or_default();
+        }
+        self.advertised.refresh(&self.public);
+        addrs::reported(&self.advertised)
     }
 
     /// Puts `changes` in the kernel; a failure is retried with the whole
@@ -496,7 +523,7 @@ async fn session(ctx: &Ctx, enrolled: &Enrolled, local: &mut Local) -> End {
     };
     let mut client = AgentServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel::<AgentMessage>(1024);
-    let mut addresses = addrs::host_addresses();
+    let mut addresses = local.addresses(ctx).await;
     let hello = Up::Hello(Hello {
         protocol_version: palisade_proto::PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -586,7 +613,7 @@ async fn session(ctx: &Ctx, enrolled: &Enrolled, local: &mut Local) -> End {
                     info!("enrolled again: reconnecting with the new identity");
                     return End::Again;
                 }
-                addresses = addrs::host_addresses();
+                addresses = local.addresses(ctx).await;
                 if let Err(why) = s.heartbeat(&addresses).await {
                     return s.lost(why);
                 }
@@ -618,7 +645,7 @@ async fn session(ctx: &Ctx, enrolled: &Enrolled, local: &mut Local) -> End {
                 }
                 if addresses_checked.elapsed() >= ADDRESS_CHECK {
                     addresses_checked = Instant::now();
-                    let now = addrs::host_addresses();
+                    let now = local.addresses(ctx).await;
                     if now != addresses {
                         info!(?now, before = ?addresses, "the host's addresses changed");
                         addresses = now;
