@@ -32,10 +32,10 @@ pub fn reportable(addr: IpAddr) -> bool {
     }
 }
 
-/// The interface addresses of this host (its network namespace), sorted.
-pub fn host_addresses() -> Vec<String> {
+/// The reportable interface addresses of this host (its network namespace).
+fn interface_addresses() -> BTreeSet<IpAddr> {
     let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
-        return Vec::new();
+        return BTreeSet::new();
     };
     let mut out = BTreeSet::new();
     for ifa in ifaddrs {
@@ -51,7 +51,7 @@ pub fn host_addresses() -> Vec<String> {
             out.insert(addr);
         }
     }
-    out.into_iter().map(|a| a.to_string()).collect()
+    out
 }
 
 /// A name the PBX advertises is looked up again after this long.
@@ -153,10 +153,7 @@ async fn resolve(name: String, names: Arc<Mutex<BTreeMap<String, Lookup>>>) {
 /// What the host reports as its own: its interface addresses and the
 /// advertised ones worth reporting, sorted.
 pub fn reported(advertised: &Advertised) -> Vec<String> {
-    let mut all: BTreeSet<IpAddr> = host_addresses()
-        .iter()
-        .filter_map(|a| a.parse().ok())
-        .collect();
+    let mut all = interface_addresses();
     all.extend(
         advertised
             .addresses()
@@ -224,9 +221,7 @@ mod tests {
             assert!(!reportable(no.parse().unwrap()), "{no}");
         }
         // Whatever the machine has, none of it is loopback.
-        assert!(host_addresses()
-            .iter()
-            .all(|a| a != "127.0.0.1" && a != "::1"));
+        assert!(interface_addresses().iter().all(|a| !a.is_loopback()));
     }
 
     fn public(target: PeerTarget) -> PublicAddress {

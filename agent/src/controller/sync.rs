@@ -981,25 +981,23 @@ impl Session<'_> {
         let Some(id) = state.pending.clone() else {
             return Ok(());
         };
-        let outcome = match probe.reached {
+        let outcome = if probe.reached {
             // Through, but perhaps only after the engine's own deadline
             // rolled the change back: then the last failure is why.
-            true => self
-                .confirm(id, state.toml.clone().unwrap_or_default())
+            self.confirm(id, state.toml.clone().unwrap_or_default())
                 .await
                 .map_err(|e| match &probe.last_failure {
                     Some(why) => format!("{e}; the last attempt through it: {why}"),
                     None => e,
-                }),
-            false => {
-                let why = probe.last_failure.unwrap_or_default();
-                if let Err(e) = self.ctx.blocking(|a| a.rollback_due()).await {
-                    error!(error = %e, "rollback failed");
-                }
-                Err(format!(
-                    "rolled back: the controller could not be reached through the new ruleset ({why})"
-                ))
+                })
+        } else {
+            let why = probe.last_failure.unwrap_or_default();
+            if let Err(e) = self.ctx.blocking(|a| a.rollback_due()).await {
+                error!(error = %e, "rollback failed");
             }
+            Err(format!(
+                "rolled back: the controller could not be reached through the new ruleset ({why})"
+            ))
         };
         settled(local, &outcome);
         let _ = self.ctx.policy_tx.try_send(());
