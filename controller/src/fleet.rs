@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use palisade_model::net::is_reportable;
 use palisade_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::{Code, Status};
@@ -767,7 +768,7 @@ pub fn check_addresses(list: &[String]) -> Result<Vec<String>, Status> {
             .trim()
             .parse()
             .map_err(|_| Status::invalid_argument(format!("{a:?} is not an IP address")))?;
-        if trustable(ip) {
+        if is_reportable(ip) {
             out.push(ip.to_string());
         }
     }
@@ -776,21 +777,8 @@ pub fn check_addresses(list: &[String]) -> Result<Vec<String>, Status> {
     Ok(out)
 }
 
-/// Whether another host could see this one's traffic come from `ip`
-/// (loopback, link-local, multicast and the like say nothing about a host
-/// elsewhere).
-pub fn trustable(ip: IpAddr) -> bool {
-    !(ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        || match ip {
-            IpAddr::V4(v4) => v4.is_link_local() || v4.is_broadcast(),
-            IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
-        })
-}
-
 /// What a host is known by: the addresses it reported (checked) and the one
-/// its connection came from, when that is trustable (a NAT's public
+/// its connection came from, when that is reportable (a NAT's public
 /// address: what the tenant's other hosts see its trunks come from). The
 /// second value is that address when the host did not report it itself.
 pub fn known_addresses(
@@ -800,7 +788,7 @@ pub fn known_addresses(
     let mut all = check_addresses(reported)?;
     let seen = seen
         .map(|ip| ip.to_canonical())
-        .filter(|ip| trustable(*ip))
+        .filter(|ip| is_reportable(*ip))
         .map(|ip| ip.to_string())
         .filter(|ip| !all.contains(ip));
     if let Some(ip) = &seen {

@@ -49,6 +49,31 @@ pub fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
+/// Whether another host could see this one's traffic come from `addr`, so
+/// that trusting it there means something: not loopback, link-local,
+/// multicast, broadcast or unspecified, and written canonically (an
+/// IPv4-mapped IPv6 address is refused: [`canonical`] first). The agent
+/// reports only such addresses and the controller trusts only those.
+pub fn is_reportable(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_loopback()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                // fe80::/10
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some())
+        }
+    }
+}
+
 /// Parses `192.0.2.0/24`, `2001:db8::/32` or a bare address (a host route), and
 /// refuses a prefix with host bits set: `10.0.0.1/8` is almost always a typo, and
 /// silently widening or narrowing it would open or close the wrong hosts.

@@ -8,29 +8,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use palisade_model::net::is_reportable as reportable;
 use palisade_model::{PeerTarget, PublicAddress};
-
-/// Worth telling the controller about: an address another host could see
-/// this one's traffic come from.
-pub fn reportable(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => {
-            !(a.is_loopback()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || a.is_broadcast())
-        }
-        IpAddr::V6(a) => {
-            !(a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                // fe80::/10
-                || (a.segments()[0] & 0xffc0) == 0xfe80
-                || a.to_ipv4_mapped().is_some())
-        }
-    }
-}
 
 /// The reportable interface addresses of this host (its network namespace).
 fn interface_addresses() -> BTreeSet<IpAddr> {
