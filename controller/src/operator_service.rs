@@ -440,7 +440,7 @@ impl pb::operator_service_server::OperatorService for OperatorApi {
                 .unbannable(&r.tenant, &ban.address)
                 .map_err(status_of)?
             {
-                let st = Status::failed_precondition(format!("refusing to ban {why}"));
+                let st = Status::failed_precondition(format!("refusing the ban: {why}"));
                 self.fleet.refused(&r.tenant, &who.actor, "ban.add", &st);
                 return Err(st);
             }
